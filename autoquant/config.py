@@ -1,0 +1,309 @@
+"""Per-op quantization configs: :class:`QuantSpec` and :class:`OpConfig`.
+
+Both are frozen, keyword-only, hashable dataclasses validated on construction. They
+round-trip through plain dicts (``to_dict`` / ``from_dict``), which is also their YAML
+form. Whether a *backend* can run a config is a separate question answered by the
+backend's capability table (:mod:`autoquant.backends`); this module only rejects
+configs that are meaningless everywhere (e.g. an activation spec on a weight-only op).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from autoquant.errors import ConfigError
+
+__all__ = [
+    "DTYPES",
+    "SCHEMES",
+    "GRANULARITIES",
+    "OBSERVERS",
+    "APPROACHES",
+    "QuantSpec",
+    "OpConfig",
+    "static_int8",
+    "dynamic_int8",
+    "weight_only",
+]
+
+# Name -> (bits, signed). The integer range follows from these (see qparams.quant_range).
+DTYPES: dict[str, tuple[int, bool]] = {
+    "int8": (8, True),
+    "uint8": (8, False),
+    "int4": (4, True),
+    "uint4": (4, False),
+}
+SCHEMES = ("sym", "asym")
+GRANULARITIES = ("per_tensor", "per_channel", "per_group")
+OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl")
+APPROACHES = ("dynamic", "static", "weight_only", "qat")
+
+
+def _choice(owner: str, field: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{owner}.{field} must be one of {list(allowed)}, but got {value!r}."
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantSpec:
+    """How one tensor (a weight or an activation) is mapped to integers.
+
+    Args:
+        dtype: integer type, one of ``int8``, ``uint8``, ``int4``, ``uint4``.
+        scheme: ``sym`` (scale only, fixed zero point) or ``asym`` (scale and zero point).
+        granularity: ``per_tensor``, ``per_channel`` (one scale per slice along ``axis``)
+            or ``per_group`` (one scale per ``group_size`` consecutive elements of the
+            reduction dimension; weights only).
+        axis: channel axis for ``per_channel`` (0 = output channels of a weight).
+        group_size: group length for ``per_group``; required there, forbidden elsewhere.
+        observer: how the float range is chosen from calibration statistics:
+            ``minmax``, ``moving_average``, ``percentile``, ``mse`` or ``kl``.
+        reduce_range: use one bit less of the integer range (7-bit int8). Needed on CPUs
+            without VNNI, whose int8 dot products accumulate pairs in 16 bits and can
+            saturate.
+        percentile: upper percentile kept by the ``percentile`` observer (0 < p <= 100).
+        averaging_constant: weight of each new batch in the ``moving_average`` observer.
+    """
+
+    dtype: str = "int8"
+    scheme: str = "sym"
+    granularity: str = "per_tensor"
+    axis: int = 0
+    group_size: int | None = None
+    observer: str = "minmax"
+    reduce_range: bool = False
+    percentile: float = 99.99
+    averaging_constant: float = 0.01
+
+    def __post_init__(self) -> None:
+        _choice("QuantSpec", "dtype", self.dtype, list(DTYPES))
+        _choice("QuantSpec", "scheme", self.scheme, SCHEMES)
+        _choice("QuantSpec", "granularity", self.granularity, GRANULARITIES)
+        _choice("QuantSpec", "observer", self.observer, OBSERVERS)
+        if not isinstance(self.reduce_range, bool):
+            raise ConfigError(
+                f"QuantSpec.reduce_range must be a bool, but got {self.reduce_range!r}."
+            )
+        if not isinstance(self.axis, int) or isinstance(self.axis, bool):
+            raise ConfigError(f"QuantSpec.axis must be an int, but got {self.axis!r}.")
+        if self.granularity == "per_group":
+            if (
+                not isinstance(self.group_size, int)
+                or isinstance(self.group_size, bool)
+                or self.group_size < 2
+            ):
+                raise ConfigError(
+                    "QuantSpec.group_size must be an int >= 2 when granularity='per_group', "
+                    f"but got {self.group_size!r}. Typical values: 32, 64, 128."
+                )
+        elif self.group_size is not None:
+            raise ConfigError(
+                f"QuantSpec.group_size is only meaningful with granularity='per_group', but "
+                f"got group_size={self.group_size!r} with granularity={self.granularity!r}. "
+                "Drop group_size or set granularity='per_group'."
+            )
+        if not (0.0 < float(self.percentile) <= 100.0):
+            raise ConfigError(
+                f"QuantSpec.percentile must be in (0, 100], but got {self.percentile!r}."
+            )
+        if not (0.0 < float(self.averaging_constant) <= 1.0):
+            raise ConfigError(
+                "QuantSpec.averaging_constant must be in (0, 1], "
+                f"but got {self.averaging_constant!r}."
+            )
+
+    @property
+    def bits(self) -> int:
+        return DTYPES[self.dtype][0]
+
+    @property
+    def signed(self) -> bool:
+        return DTYPES[self.dtype][1]
+
+    def replace(self, **changes: Any) -> "QuantSpec":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of every field (stable key order), the YAML form."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | "QuantSpec") -> "QuantSpec":
+        if isinstance(data, QuantSpec):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"A QuantSpec must be given as a mapping of its fields, but got {type(data).__name__}."
+            )
+        _reject_unknown("QuantSpec", data, {f.name for f in dataclasses.fields(cls)})
+        return cls(**dict(data))
+
+    def short(self) -> str:
+        """Compact human label, e.g. ``int8/sym/per_channel/minmax``."""
+        gran = self.granularity
+        if gran == "per_group":
+            gran = f"g{self.group_size}"
+        label = f"{self.dtype}/{self.scheme}/{gran}/{self.observer}"
+        return label + ("/rr" if self.reduce_range else "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpConfig:
+    """How one op is quantized.
+
+    Args:
+        approach: ``static`` (activation ranges from calibration), ``dynamic`` (activation
+            ranges measured at run time), ``weight_only`` (integer weights, float
+            activations) or ``qat`` (quantization-aware training; fake-quant until
+            converted).
+        weight: spec of the op's weight.
+        activation: spec of the op's input activation; must be None for ``weight_only``
+            and given for every other approach.
+    """
+
+    approach: str
+    weight: QuantSpec
+    activation: QuantSpec | None = None
+
+    def __post_init__(self) -> None:
+        _choice("OpConfig", "approach", self.approach, APPROACHES)
+        # Accept dicts for the nested specs so YAML/Hydra input works directly.
+        if isinstance(self.weight, Mapping):
+            object.__setattr__(self, "weight", QuantSpec.from_dict(self.weight))
+        if isinstance(self.activation, Mapping):
+            object.__setattr__(self, "activation", QuantSpec.from_dict(self.activation))
+        if not isinstance(self.weight, QuantSpec):
+            raise ConfigError(
+                f"OpConfig.weight must be a QuantSpec (or a dict of its fields), "
+                f"but got {self.weight!r}."
+            )
+        if self.approach == "weight_only":
+            if self.activation is not None:
+                raise ConfigError(
+                    "OpConfig.activation must be None when approach='weight_only' "
+                    f"(activations stay float), but got {self.activation!r}."
+                )
+        else:
+            if not isinstance(self.activation, QuantSpec):
+                raise ConfigError(
+                    f"OpConfig.activation must be a QuantSpec when approach={self.approach!r}, "
+                    f"but got {self.activation!r}. Use approach='weight_only' to keep "
+                    "activations in float."
+                )
+            if self.activation.granularity == "per_group":
+                raise ConfigError(
+                    "OpConfig.activation.granularity must be 'per_tensor' or 'per_channel', "
+                    "but got 'per_group' (groups are a weight-only layout)."
+                )
+        if self.approach != "weight_only" and self.weight.granularity == "per_group":
+            raise ConfigError(
+                "OpConfig.weight.granularity='per_group' is only supported with "
+                f"approach='weight_only', but got approach={self.approach!r}."
+            )
+        if self.approach == "dynamic":
+            act = self.activation
+            assert act is not None
+            if act.observer != "minmax" or act.granularity != "per_tensor":
+                raise ConfigError(
+                    "approach='dynamic' measures each input's min/max at run time, so "
+                    "OpConfig.activation must use observer='minmax' and "
+                    f"granularity='per_tensor', but got observer={act.observer!r}, "
+                    f"granularity={act.granularity!r}. Use approach='static' to calibrate "
+                    "activation ranges with another observer."
+                )
+
+    def replace(self, **changes: Any) -> "OpConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "approach": self.approach,
+            "weight": self.weight.to_dict(),
+            "activation": None if self.activation is None else self.activation.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | "OpConfig") -> "OpConfig":
+        if isinstance(data, OpConfig):
+            return data
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"An OpConfig must be given as a mapping of its fields, but got {type(data).__name__}."
+            )
+        _reject_unknown("OpConfig", data, {"approach", "weight", "activation"})
+        if "approach" not in data or "weight" not in data:
+            raise ConfigError(
+                "OpConfig needs at least 'approach' and 'weight', "
+                f"but got keys {sorted(data)}."
+            )
+        act = data.get("activation")
+        return cls(
+            approach=data["approach"],
+            weight=QuantSpec.from_dict(data["weight"]),
+            activation=None if act is None else QuantSpec.from_dict(act),
+        )
+
+    def short(self) -> str:
+        """Compact human label, e.g. ``static w:int8/sym/per_channel/minmax a:uint8/...``."""
+        label = f"{self.approach} w:{self.weight.short()}"
+        if self.activation is not None:
+            label += f" a:{self.activation.short()}"
+        return label
+
+
+def _reject_unknown(owner: str, data: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"{owner} got unknown field(s) {unknown}; allowed fields are {sorted(known)}."
+        )
+
+
+# Presets. Functions rather than module-level instances so nobody is tempted to mutate a
+# shared object (configs are frozen anyway, but this keeps call sites explicit).
+def static_int8(
+    *, observer: str = "minmax", reduce_range: bool = False, act_scheme: str = "asym"
+) -> OpConfig:
+    """x86 default static int8: uint8 activations, int8 symmetric per-channel weights."""
+    return OpConfig(
+        approach="static",
+        weight=QuantSpec(dtype="int8", scheme="sym", granularity="per_channel"),
+        activation=QuantSpec(
+            dtype="uint8", scheme=act_scheme, observer=observer, reduce_range=reduce_range
+        ),
+    )
+
+
+def dynamic_int8(*, reduce_range: bool = False, per_channel: bool = True) -> OpConfig:
+    """Dynamic int8: weights int8 symmetric, activations uint8 measured per call."""
+    return OpConfig(
+        approach="dynamic",
+        weight=QuantSpec(
+            dtype="int8",
+            scheme="sym",
+            granularity="per_channel" if per_channel else "per_tensor",
+        ),
+        activation=QuantSpec(dtype="uint8", scheme="asym", reduce_range=reduce_range),
+    )
+
+
+def weight_only(
+    dtype: str = "int8", *, group_size: int | None = None, scheme: str | None = None
+) -> OpConfig:
+    """Weight-only quantization: per-channel (group_size None) or per-group weights."""
+    if scheme is None:
+        # int4 groups are stored as uint4 + zero point by torch's CPU kernel; asym is natural.
+        scheme = "asym" if group_size is not None else "sym"
+    return OpConfig(
+        approach="weight_only",
+        weight=QuantSpec(
+            dtype=dtype,
+            scheme=scheme,
+            granularity="per_group" if group_size is not None else "per_channel",
+            group_size=group_size,
+        ),
+    )

@@ -17,3 +17,7 @@ __all__ = [
     "get_backend",
     "register_backend",
 ]
+
+# Registration side effects: the built-in backends.
+from autoquant.backends import simulated as _simulated  # noqa: E402,F401
+from autoquant.backends import x86 as _x86  # noqa: E402,F401

@@ -22,7 +22,16 @@ if TYPE_CHECKING:
     from autoquant.calibrate import CalibrationStats
     from autoquant.plan import Plan
 
-__all__ = ["Capability", "Backend", "register_backend", "get_backend", "available_backends"]
+__all__ = [
+    "SpecSupport",
+    "Capability",
+    "QuantizedModelInfo",
+    "Backend",
+    "register_backend",
+    "get_backend",
+    "available_backends",
+    "capabilities",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,15 +43,22 @@ class SpecSupport:
     granularities: tuple[str, ...] = ("per_tensor",)
     observers: tuple[str, ...] = ("minmax",)
     reduce_range: tuple[bool, ...] = (False, True)
+    axes: tuple[int, ...] = (0,)
+    group_sizes: tuple[int, ...] = (32, 64, 128, 256)
 
     def mismatch(self, side: str, spec: QuantSpec) -> str | None:
-        for field, allowed in (
+        checks: list[tuple[str, tuple]] = [
             ("dtype", self.dtypes),
             ("scheme", self.schemes),
             ("granularity", self.granularities),
             ("observer", self.observers),
             ("reduce_range", self.reduce_range),
-        ):
+        ]
+        if spec.granularity == "per_channel":
+            checks.append(("axis", self.axes))
+        if spec.granularity == "per_group":
+            checks.append(("group_size", self.group_sizes))
+        for field, allowed in checks:
             value = getattr(spec, field)
             if value not in allowed:
                 return f"{side}.{field}={value!r} (allowed: {list(allowed)})"
@@ -78,6 +94,26 @@ class Capability:
         return None
 
 
+@dataclass(frozen=True)
+class QuantizedModelInfo:
+    """What a built model is: attached to it as ``autoquant_info``.
+
+    ``kernels`` maps each quantized op to the kernel that runs it; ``simulated`` lists
+    the ops executed as fake-quant (their latency is not quantized speed); ``mode`` is
+    ``graph`` (torch.fx: quantize/dequantize only at region borders, fusions applied),
+    ``module`` (each op its own quantized island) or ``eager`` (no static ops);
+    ``stat_keys`` are the calibration statistics the build read.
+    """
+
+    plan: "Plan"
+    backend: str
+    mode: str
+    kernels: dict[str, str]
+    simulated: tuple[str, ...]
+    stat_keys: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
 class Backend(ABC):
     """Base class of quantization backends."""
 
@@ -94,15 +130,31 @@ class Backend(ABC):
                 return cap
         return None
 
-    def check(self, plan: "Plan") -> None:
-        """Raise UnsupportedConfigError listing every op of ``plan`` this backend cannot run."""
+    def module_problem(self, module: "nn.Module", cfg: OpConfig, cap: Capability) -> str | None:
+        """Why this particular module (its shapes, options) cannot run ``cfg``, or None.
+
+        Capabilities describe op types; a backend overrides this for per-module limits
+        (e.g. a group size that must divide the input features).
+        """
+        return None
+
+    def check(self, plan: "Plan", model: "nn.Module | None" = None) -> None:
+        """Raise UnsupportedConfigError listing every op of ``plan`` this backend cannot run.
+
+        With ``model``, per-module limits (:meth:`module_problem`) are checked too.
+        """
         problems = []
         for fqn, cfg in plan.items():
             if cfg is None:
                 continue
             op_type = plan.op_types[fqn]
-            if self.find(op_type, cfg) is None:
+            cap = self.find(op_type, cfg)
+            if cap is None:
                 problems.append(f"  - {fqn} ({op_type}): {cfg.short()}\n      {self.explain(op_type, cfg)}")
+            elif model is not None:
+                reason = self.module_problem(model.get_submodule(fqn), cfg, cap)
+                if reason:
+                    problems.append(f"  - {fqn} ({op_type}): {cfg.short()}\n      {reason}")
         if problems:
             raise UnsupportedConfigError(
                 f"backend {self.name!r} cannot run {len(problems)} op config(s) of the plan:\n"
@@ -164,3 +216,8 @@ def get_backend(backend: "str | Backend") -> Backend:
         raise UnsupportedConfigError(
             f"backend must be one of {available_backends()}, but got {backend!r}."
         ) from None
+
+
+def capabilities(backend: "str | Backend" = "x86") -> list[Capability]:
+    """What ``backend`` can run: one entry per kernel (real ones first, then simulated)."""
+    return get_backend(backend).capabilities()

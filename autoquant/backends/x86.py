@@ -1,0 +1,544 @@
+"""The x86 CPU backend: PyTorch's fbgemm/oneDNN int8 engine and its weight-only kernels.
+
+This is the only module that touches ``torch.ao.quantization`` (deprecated upstream): the
+FX graph rewrite for static quantization (borders, fusions, BN folding) and the dynamic
+LSTM/GRU modules. Everything else calls ``torch.ops`` kernels through our own modules
+(:mod:`autoquant.backends._modules`), so replacing torch.ao later touches this file only.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx
+import torch.nn.functional as F
+from torch import nn
+
+from autoquant.backends._build import (
+    calibrated_qparams,
+    quantized_weight,
+    set_submodule,
+    simulated_op,
+)
+from autoquant.backends._modules import (
+    DynamicLinear,
+    SimulatedOp,
+    StaticConv,
+    StaticLinear,
+    WeightOnlyEmbedding,
+    WeightOnlyInt4Linear,
+    WeightOnlyInt8Linear,
+)
+from autoquant.backends.base import (
+    Backend,
+    Capability,
+    QuantizedModelInfo,
+    SpecSupport,
+    register_backend,
+)
+from autoquant.config import DTYPES, OpConfig, QuantSpec
+from autoquant.errors import CalibrationError, UnsupportedConfigError
+from autoquant.qparams import QParams, quant_range
+
+if TYPE_CHECKING:
+    from autoquant.calibrate import CalibrationStats
+    from autoquant.plan import Plan
+
+__all__ = ["X86Backend"]
+
+_ALL_DTYPES = tuple(DTYPES)
+_ACT_OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl")
+_W_OBSERVERS = ("minmax", "mse", "percentile")
+_LINEAR_CONV = ("Linear", "Conv1d", "Conv2d")
+_FX_LABEL = "fbgemm int8 via torch.fx graph ({})"
+
+_CAPABILITIES = [
+    # Real integer kernels first: Backend.find returns the first match.
+    Capability(
+        op_types=_LINEAR_CONV,
+        approach="static",
+        weight=SpecSupport(
+            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=_W_OBSERVERS
+        ),
+        activation=SpecSupport(dtypes=("uint8",), observers=_ACT_OBSERVERS),
+        kernel="fbgemm quantized::linear / quantized::conv (int8)",
+    ),
+    Capability(
+        op_types=("Linear",),
+        approach="dynamic",
+        weight=SpecSupport(
+            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=_W_OBSERVERS
+        ),
+        activation=SpecSupport(dtypes=("uint8",), schemes=("asym",)),
+        kernel=DynamicLinear.kernel,
+    ),
+    Capability(
+        op_types=("LSTM", "GRU"),
+        approach="dynamic",
+        weight=SpecSupport(dtypes=("int8",), observers=_W_OBSERVERS),
+        # torch's quantized RNN cells hard-code reduce_range=True.
+        activation=SpecSupport(dtypes=("uint8",), schemes=("asym",), reduce_range=(True,)),
+        kernel="quantized::quantized_lstm/gru (dynamic int8)",
+    ),
+    Capability(
+        op_types=("Linear",),
+        approach="weight_only",
+        weight=SpecSupport(
+            dtypes=("int8",),
+            schemes=("sym",),
+            granularities=("per_tensor", "per_channel"),
+            observers=_W_OBSERVERS,
+        ),
+        activation=None,
+        kernel=WeightOnlyInt8Linear.kernel,
+    ),
+    Capability(
+        op_types=("Linear",),
+        approach="weight_only",
+        weight=SpecSupport(
+            dtypes=("int4", "uint4"), granularities=("per_group",), observers=_W_OBSERVERS
+        ),
+        activation=None,
+        kernel=WeightOnlyInt4Linear.kernel,
+    ),
+    Capability(
+        op_types=("Embedding",),
+        approach="weight_only",
+        weight=SpecSupport(
+            dtypes=_ALL_DTYPES, granularities=("per_channel",), observers=_W_OBSERVERS
+        ),
+        activation=None,
+        kernel=WeightOnlyEmbedding.kernel,
+    ),
+    # Simulation (fake-quant) for accuracy studies of configs with no x86 kernel.
+    Capability(
+        op_types=_LINEAR_CONV,
+        approach="static",
+        weight=SpecSupport(
+            dtypes=_ALL_DTYPES,
+            granularities=("per_tensor", "per_channel"),
+            observers=_W_OBSERVERS,
+        ),
+        activation=SpecSupport(dtypes=_ALL_DTYPES, observers=_ACT_OBSERVERS),
+        kernel=SimulatedOp.kernel,
+        simulated=True,
+    ),
+    Capability(
+        op_types=_LINEAR_CONV,
+        approach="dynamic",
+        weight=SpecSupport(
+            dtypes=_ALL_DTYPES,
+            granularities=("per_tensor", "per_channel"),
+            observers=_W_OBSERVERS,
+        ),
+        activation=SpecSupport(dtypes=_ALL_DTYPES),
+        kernel=SimulatedOp.kernel,
+        simulated=True,
+    ),
+    Capability(
+        op_types=_LINEAR_CONV,
+        approach="weight_only",
+        weight=SpecSupport(
+            dtypes=_ALL_DTYPES,
+            granularities=("per_tensor", "per_channel", "per_group"),
+            observers=_W_OBSERVERS,
+            group_sizes=(16, 32, 64, 128, 256),
+        ),
+        activation=None,
+        kernel=SimulatedOp.kernel,
+        simulated=True,
+    ),
+]
+
+
+def _torch_qscheme(spec: QuantSpec, per_channel: bool) -> torch.qscheme:
+    if per_channel:
+        return torch.per_channel_symmetric if spec.scheme == "sym" else torch.per_channel_affine
+    return torch.per_tensor_symmetric if spec.scheme == "sym" else torch.per_tensor_affine
+
+
+def _observer_classes() -> tuple[type, type]:
+    """torch.ao observer subclasses that hand our qparams to torch.ao's FX convert."""
+    from torch.ao.quantization.observer import ObserverBase
+
+    class PresetActivationObserver(ObserverBase):
+        """Identity during prepare; its qparams are set from calibration statistics."""
+
+        def __init__(self, spec: QuantSpec, **_: Any) -> None:
+            super().__init__(dtype=torch.quint8, is_dynamic=False)
+            self.spec = spec
+            self.qscheme = _torch_qscheme(spec, per_channel=False)
+            self.quant_min, self.quant_max = quant_range(spec.dtype, spec.reduce_range)
+            self.qparams: QParams | None = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+            assert self.qparams is not None, "activation qparams were not set"
+            return self.qparams.scale.reshape(1), self.qparams.zero_point.reshape(1)
+
+    class PresetWeightObserver(ObserverBase):
+        """Computes weight qparams with autoquant's observers when convert runs it."""
+
+        def __init__(self, spec: QuantSpec, **_: Any) -> None:
+            super().__init__(dtype=torch.qint8, is_dynamic=False)
+            self.spec = spec
+            per_channel = spec.granularity == "per_channel"
+            self.qscheme = _torch_qscheme(spec, per_channel)
+            self.ch_axis = spec.axis
+            self.quant_min, self.quant_max = quant_range(spec.dtype, spec.reduce_range)
+            self.qparams: QParams | None = None
+
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            from autoquant.observers import weight_qparams
+
+            self.qparams = weight_qparams(w.detach().float(), self.spec)
+            return w
+
+        def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+            assert self.qparams is not None, "weight observer never saw the weight"
+            return self.qparams.scale, self.qparams.zero_point
+
+    return PresetActivationObserver, PresetWeightObserver
+
+
+def _is_torch_quantized(module: nn.Module) -> bool:
+    mod = type(module).__module__
+    return mod.startswith("torch.ao.nn.quantized") or mod.startswith(
+        "torch.ao.nn.intrinsic.quantized"
+    )
+
+
+def _is_fused_float(module: nn.Module) -> bool:
+    # torch.ao's float fused modules (LinearReLU, ConvReLU2d, ...) are Sequentials whose
+    # first child is the (BN-folded) op.
+    return type(module).__module__.startswith("torch.ao.nn.intrinsic.modules")
+
+
+# Ops without weights that run on quantized tensors (their output shares the input's
+# qparams, or gets its own from calibration, e.g. add). They are quantized only when all
+# their inputs already are, so quantize/dequantize pairs sit at the borders of quantized
+# regions and never inside a region the plan keeps in float.
+_GLUE_FUNCTIONS = {
+    operator.add, torch.add, operator.mul, torch.mul, torch.cat, torch.relu, F.relu, F.relu6,
+    F.hardtanh, torch.flatten, F.max_pool1d, F.max_pool2d, F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d, F.dropout, torch.clamp,
+}
+_GLUE_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity,
+)
+_GLUE_METHODS = {
+    "flatten", "view", "reshape", "relu", "mean", "permute", "transpose", "contiguous",
+    "squeeze", "unsqueeze",
+}
+# Inputs that carry shapes or scalars, not tensors; they do not decide quantization.
+_SHAPE_METHODS = {"size", "dim", "numel"}
+
+
+def _traced(model: nn.Module) -> "torch.fx.GraphModule":
+    """The model as torch.ao's tracer sees it, with ``torch.relu``/``x.relu()`` spelled
+    ``F.relu``: torch.ao fuses and quantizes only that spelling, and the three compute
+    the same. Calibration and build both start from this graph, so node names agree.
+    """
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+
+    root = copy.deepcopy(model).eval()
+    graph = QuantizationTracer([], []).trace(root)
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target is torch.relu:
+            node.target = F.relu
+        elif node.op == "call_method" and node.target == "relu":
+            node.op, node.target = "call_function", F.relu
+    graph.lint()
+    return torch.fx.GraphModule(root, graph, class_name=type(model).__name__)
+
+
+def _add_glue_qconfigs(
+    mapping: Any, model: nn.Module, static: dict[str, OpConfig], qconfig: Any
+) -> None:
+    """Give weightless ops between quantized ops a qconfig, node by node.
+
+    FX assigns a function call's qconfig by (enclosing module, function, occurrence
+    index); we walk the same fused graph prepare_fx builds, in the same order, to name
+    each call that way. Methods can only be configured by name, so a method gets a
+    qconfig only when every call of it qualifies.
+    """
+    from torch.ao.quantization.fx.tracer import QuantizationTracer
+    from torch.ao.quantization.quantize_fx import fuse_fx
+
+    tracer = QuantizationTracer([], [])
+    tracer.trace(copy.deepcopy(model))
+    scopes = tracer.node_name_to_scope
+    fused = fuse_fx(copy.deepcopy(model))
+    spec_of: dict[str, OpConfig] = {}  # node name -> config of the quantized producer
+    counters: dict[tuple[str, Any], int] = {}
+    method_ok: dict[str, bool] = {}
+
+    def quantized_inputs(node: Any, first_only: bool) -> list[OpConfig] | None:
+        inputs = [node.args[0]] if first_only and node.args else node.all_input_nodes
+        inputs = [
+            i for i in inputs
+            if hasattr(i, "op") and not (i.op == "call_method" and i.target in _SHAPE_METHODS)
+        ]
+        if not inputs or any(i.name not in spec_of for i in inputs):
+            return None
+        return [spec_of[i.name] for i in inputs]
+
+    for node in fused.graph.nodes:
+        if node.op == "call_module":
+            module = fused.get_submodule(node.target)
+            if node.target in static:
+                spec_of[node.name] = static[node.target]
+            elif isinstance(module, _GLUE_MODULES):
+                src = quantized_inputs(node, first_only=True)
+                if src:
+                    spec_of[node.name] = src[0]
+                    mapping.set_module_name(node.target, qconfig(src[0]))
+        elif node.op == "call_function":
+            scope = scopes.get(node.name, ("", None))[0]
+            index = counters.get((scope, node.target), 0)
+            counters[(scope, node.target)] = index + 1
+            if node.target in _GLUE_FUNCTIONS:
+                src = quantized_inputs(node, first_only=node.target is not torch.cat)
+                if node.target in (operator.add, torch.add, operator.mul, torch.mul):
+                    src = quantized_inputs(node, first_only=False)
+                if src:
+                    spec_of[node.name] = src[0]
+                    mapping.set_module_name_object_type_order(
+                        scope, node.target, index, qconfig(src[0])
+                    )
+        elif node.op == "call_method" and node.target in _GLUE_METHODS:
+            src = quantized_inputs(node, first_only=True)
+            method_ok[node.target] = method_ok.get(node.target, True) and bool(src)
+            if src:
+                spec_of[node.name] = src[0]
+    for method, ok in method_ok.items():
+        if ok:
+            # Shape methods share their input's qparams; the spec only fills the qconfig.
+            mapping.set_object_type(method, qconfig(next(iter(static.values()))))
+
+
+@register_backend
+class X86Backend(Backend):
+    """fbgemm/oneDNN int8 kernels (the ``x86`` quantized engine) plus CPU weight-only kernels."""
+
+    name = "x86"
+    engine = "x86"
+
+    def capabilities(self) -> list[Capability]:
+        return list(_CAPABILITIES)
+
+    def _require_engine(self) -> None:
+        engines = torch.backends.quantized.supported_engines
+        if self.engine not in engines:
+            raise UnsupportedConfigError(
+                f"backend 'x86' needs torch's {self.engine!r} quantized engine, but this "
+                f"torch build offers {engines}. On ARM use a qnnpack-based backend."
+            )
+        if torch.backends.quantized.engine != self.engine:
+            # Packed weights are engine specific; pack them for the engine we run on.
+            torch.backends.quantized.engine = self.engine
+
+    def module_problem(self, module: nn.Module, cfg: OpConfig, cap: Capability) -> str | None:
+        weight = getattr(module, "weight", None)
+        gs = cfg.weight.group_size
+        if gs is not None and weight is not None:
+            k = weight[0].numel()
+            if k % gs:
+                return (
+                    f"group_size={gs} must divide the op's {k} input features; "
+                    f"pick one of {[g for g in (32, 64, 128, 256) if k % g == 0] or 'none: use per_channel'}."
+                )
+        if isinstance(module, nn.Embedding) and module.max_norm is not None:
+            return (
+                "Embedding with max_norm renormalises its float weights on every lookup and "
+                "cannot be stored as integers; map it to None."
+            )
+        if (
+            not cap.simulated
+            and isinstance(module, (nn.Conv1d, nn.Conv2d))
+            and module.padding_mode != "zeros"
+        ):
+            return (
+                f"padding_mode={module.padding_mode!r}: the int8 conv kernels pad with zeros "
+                "only; map this op to None or use the simulated backend."
+            )
+        return None
+
+    def calibration_graph(self, model: nn.Module) -> "torch.fx.GraphModule | None":
+        from torch.ao.quantization.quantize_fx import fuse_fx
+
+        try:
+            return fuse_fx(_traced(model))
+        except Exception:  # noqa: BLE001 - any tracing failure means "use module mode"
+            return None
+
+    def build(
+        self, model: nn.Module, plan: "Plan", stats: "CalibrationStats | None"
+    ) -> nn.Module:
+        self._require_engine()
+        self.check(plan, model)
+        caps: dict[str, Capability] = {}
+        for fqn, cfg in plan.items():
+            if cfg is not None:
+                cap = self.find(plan.op_types[fqn], cfg)
+                assert cap is not None  # check() passed
+                caps[fqn] = cap
+        if stats is None and any(plan[f].approach == "static" for f in caps):
+            first = next(f for f in caps if plan[f].approach == "static")
+            raise CalibrationError(
+                f"op {first!r} uses approach='static', which needs calibration data: pass "
+                "calib_data= (an iterable of model inputs, ~100 samples) to quantize()."
+            )
+        fx_ops = [f for f, c in caps.items() if c.approach == "static" and not c.simulated]
+        used_keys: list[str] = []
+        kernels: dict[str, str] = {}
+        notes: list[str] = []
+        if fx_ops and stats is not None and stats.mode == "graph":
+            qmodel = self._convert_fx(model, plan, fx_ops, stats, used_keys, kernels)
+            mode = "graph"
+        else:
+            qmodel = copy.deepcopy(model)
+            mode = "module" if fx_ops else "eager"
+            if fx_ops:
+                notes.append(
+                    "torch.fx cannot trace this model: static ops are quantized module by "
+                    "module (quantize/dequantize around each op, no fusion)."
+                )
+            fx_ops = []
+        for fqn, cap in caps.items():
+            if fqn in fx_ops:
+                continue
+            target = fqn
+            if _is_fused_float(qmodel.get_submodule(fqn)):
+                target = f"{fqn}.0"
+            module = qmodel.get_submodule(target)
+            new = self._replace(module, fqn, plan[fqn], cap, stats, used_keys)
+            set_submodule(qmodel, target, new)
+            kernels[fqn] = cap.kernel
+        qmodel.eval()
+        qmodel.autoquant_info = QuantizedModelInfo(
+            plan=plan,
+            backend=self.name,
+            mode=mode,
+            kernels=kernels,
+            simulated=tuple(f for f, c in caps.items() if c.simulated),
+            stat_keys=tuple(dict.fromkeys(used_keys)),
+            notes=tuple(notes),
+        )
+        return qmodel
+
+    # -- static ops through torch.ao's FX rewrite -------------------------------------
+    def _convert_fx(
+        self,
+        model: nn.Module,
+        plan: "Plan",
+        fx_ops: list[str],
+        stats: "CalibrationStats",
+        used_keys: list[str],
+        kernels: dict[str, str],
+    ) -> nn.Module:
+        from torch.ao.quantization import QConfig, QConfigMapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        act_cls, weight_cls = _observer_classes()
+
+        def qconfig(cfg: OpConfig) -> Any:
+            return QConfig(
+                activation=act_cls.with_args(spec=cfg.activation),
+                weight=weight_cls.with_args(spec=cfg.weight),
+            )
+
+        mapping = QConfigMapping().set_global(None)
+        for fqn in fx_ops:
+            mapping.set_module_name(fqn, qconfig(plan[fqn]))
+        traced = _traced(model)
+        _add_glue_qconfigs(mapping, traced, {f: plan[f] for f in fx_ops}, qconfig)
+        prepared = prepare_fx(traced, mapping, example_inputs=())
+        from autoquant.observers import activation_qparams
+
+        for node in prepared.graph.nodes:
+            if node.op != "call_module":
+                continue
+            obs = prepared.get_submodule(node.target)
+            # Ops like pooling and reshapes share their input's observer instance; the
+            # producer (first in graph order) decides its qparams.
+            if not isinstance(obs, act_cls) or obs.qparams is not None:
+                continue
+            key = f"node:{node.args[0].name}"
+            if key not in stats:
+                raise CalibrationError(
+                    f"calibration statistics have no entry {key!r}: they were collected on a "
+                    "different model. Calibrate this model again."
+                )
+            obs.qparams = activation_qparams(stats[key], obs.spec)
+            used_keys.append(key)
+        converted = convert_fx(prepared)
+        left_float = [f for f in fx_ops if not _is_torch_quantized(converted.get_submodule(f))]
+        if left_float:
+            raise UnsupportedConfigError(
+                f"torch's FX convert left {left_float} in float although the plan quantizes "
+                "them statically; this op/config combination has no x86 static kernel. "
+                "Use approach='dynamic' or map these ops to None."
+            )
+        for fqn in fx_ops:
+            kernels[fqn] = _FX_LABEL.format(type(converted.get_submodule(fqn)).__name__)
+        return converted
+
+    # -- one op at a time ---------------------------------------------------------------
+    def _replace(
+        self,
+        module: nn.Module,
+        fqn: str,
+        cfg: OpConfig,
+        cap: Capability,
+        stats: "CalibrationStats | None",
+        used_keys: list[str],
+    ) -> nn.Module:
+        if cap.simulated:
+            if cfg.approach == "static":
+                used_keys.append(f"in:{fqn}")
+            return simulated_op(module, cfg, fqn, stats)
+        if isinstance(module, (nn.LSTM, nn.GRU)):
+            return self._dynamic_rnn(module, cfg)
+        if isinstance(module, nn.Embedding):
+            return WeightOnlyEmbedding(module, *quantized_weight(module.weight, cfg))
+        q, qp = quantized_weight(module.weight, cfg)
+        if cfg.approach == "dynamic":
+            assert cfg.activation is not None
+            return DynamicLinear(module, q, qp, reduce_range=cfg.activation.reduce_range)
+        if cfg.approach == "weight_only":
+            if cfg.weight.granularity == "per_group":
+                return WeightOnlyInt4Linear(module, q, qp)
+            if qp.axis is None:  # the kernel takes one scale per output row
+                qp = QParams(
+                    scale=qp.scale.expand(module.out_features).clone(),
+                    zero_point=qp.zero_point.expand(module.out_features).clone(),
+                    qmin=qp.qmin, qmax=qp.qmax, dtype=qp.dtype, axis=0,
+                )
+            return WeightOnlyInt8Linear(module, q, qp)
+        # static, model not traceable: one quantized island per op
+        in_qp = calibrated_qparams(stats, f"in:{fqn}", cfg, fqn)
+        out_qp = calibrated_qparams(stats, f"out:{fqn}", cfg, fqn)
+        used_keys += [f"in:{fqn}", f"out:{fqn}"]
+        if isinstance(module, nn.Linear):
+            return StaticLinear(module, q, qp, in_qp, out_qp)
+        return StaticConv(module, q, qp, in_qp, out_qp)
+
+    def _dynamic_rnn(self, module: nn.Module, cfg: OpConfig) -> nn.Module:
+        from torch.ao.nn.quantized import dynamic as nnqd
+        from torch.ao.quantization import PlaceholderObserver, QConfig
+
+        _, weight_cls = _observer_classes()
+        float_copy = copy.deepcopy(module)
+        float_copy.qconfig = QConfig(
+            activation=PlaceholderObserver.with_args(dtype=torch.quint8, is_dynamic=True),
+            weight=weight_cls.with_args(spec=cfg.weight),
+        )
+        cls = nnqd.LSTM if isinstance(module, nn.LSTM) else nnqd.GRU
+        return cls.from_float(float_copy)

@@ -106,15 +106,13 @@ class QuantSpec:
                 f"got group_size={self.group_size!r} with granularity={self.granularity!r}. "
                 "Drop group_size or set granularity='per_group'."
             )
-        if not (0.0 < float(self.percentile) <= 100.0):
-            raise ConfigError(
-                f"QuantSpec.percentile must be in (0, 100], but got {self.percentile!r}."
-            )
-        if not (0.0 < float(self.averaging_constant) <= 1.0):
-            raise ConfigError(
-                "QuantSpec.averaging_constant must be in (0, 1], "
-                f"but got {self.averaging_constant!r}."
-            )
+        for field, lo, hi in (("percentile", 0.0, 100.0), ("averaging_constant", 0.0, 1.0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < value <= hi:
+                raise ConfigError(
+                    f"QuantSpec.{field} must be a number in ({lo:g}, {hi:g}], but got {value!r}."
+                )
+            object.__setattr__(self, field, float(value))
 
     @property
     def bits(self) -> int:

@@ -17,8 +17,10 @@ integers can be handed to those kernels and checked against them bit for bit):
       zero_point = 0 for signed dtypes, (qmin + qmax + 1) // 2 for unsigned ones
 
 * ``scale`` is floored at float32 machine epsilon so a constant tensor still quantizes.
-* quantize:   ``q = clamp(round(x * (1 / scale)) + zero_point, qmin, qmax)`` (round half
-  to even, float32 reciprocal as in fbgemm)
+* quantize:   ``q = clamp(round(x * (1 / scale) + zero_point), qmin, qmax)``, round half
+  to even, with the float32 reciprocal and the same float32 rounding of the sum as
+  torch's kernels (fused multiply-add per tensor, separate steps per channel), so our
+  integers equal ``torch.quantize_per_tensor`` / ``quantize_per_channel`` bit for bit.
 * dequantize: ``x' = (q - zero_point) * scale``
 
 The seed document's formulas (``Scale = 255 / |max - min|``, ``X_int8 = round(Scale *
@@ -175,9 +177,15 @@ def reduce_for_granularity(
 def quantize(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Map float values to integers (returned as int32; callers narrow as needed)."""
     xv, scale, zp = qp._broadcast(x.float())
-    # Multiply by the float32 reciprocal, as fbgemm does, so our integers match the
-    # kernels' own quantize step (a plain division differs on some .5 ties).
-    q = torch.clamp(torch.round(xv * (1.0 / scale)) + zp, qp.qmin, qp.qmax)
+    inv = 1.0 / scale  # float32 reciprocal, as the kernels compute it
+    if qp.axis is None and qp.group_size is None:
+        # torch's per-tensor quantize rounds fma(x, inv, zp) once to float32; the float64
+        # product of two float32 values is exact, so this reproduces it bit for bit.
+        t = (xv.double() * inv.double() + zp.double()).float()
+    else:
+        # torch's per-channel quantize multiplies, rounds to float32, then adds.
+        t = xv * inv + zp.float()
+    q = torch.clamp(torch.round(t), qp.qmin, qp.qmax)
     return q.reshape(x.shape).to(torch.int32)
 
 

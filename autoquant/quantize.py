@@ -47,7 +47,8 @@ def quantize(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}.")
     be = get_backend(backend)
-    resolved = plan if isinstance(plan, Plan) else resolve_plan(plan, model)
+    # A given Plan is checked against the model's ops; rules are resolved once here.
+    resolved = resolve_plan(plan, model)
     if not resolved.quantized:
         warnings.warn(
             "the plan quantizes no op; the returned model is a float copy.", PlanWarning,

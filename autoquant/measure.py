@@ -1,0 +1,207 @@
+"""Latency and model-size measurement.
+
+Two numbers the tuner trades against accuracy:
+
+* :func:`measure_latency` times a model's forward pass on fixed inputs and reports robust
+  statistics (median and p90 rather than the mean, because a single descheduled call can
+  double a mean on a shared CPU).
+* :func:`size_bytes` counts the bytes of a model's state *as stored*: integer tensors at
+  their integer width, plus the scales and zero points needed to read them back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["LatencyStats", "measure_latency", "size_bytes", "iter_state_tensors"]
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Wall-clock latency of one forward call, in milliseconds.
+
+    Attributes:
+        median_ms: 50th percentile of the timed calls.
+        p90_ms: 90th percentile (numpy's default linear interpolation).
+        mean_ms: arithmetic mean.
+        min_ms: fastest call; the closest to the kernel's own cost.
+        runs: number of timed calls (warm-up calls excluded).
+        threads: intra-op threads torch used during the measurement.
+        batch_size: size of dim 0 of the first input tensor, or None if there is none.
+    """
+
+    median_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+    threads: int
+    batch_size: int | None
+
+
+def _call(model: nn.Module, example_inputs: Any) -> Any:
+    if isinstance(example_inputs, torch.Tensor):
+        return model(example_inputs)
+    if isinstance(example_inputs, Mapping):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    raise TypeError(
+        "example_inputs must be a Tensor, a tuple of positional args or a dict of keyword "
+        f"args, but got {type(example_inputs).__name__}."
+    )
+
+
+def _batch_size(example_inputs: Any) -> int | None:
+    if isinstance(example_inputs, torch.Tensor):
+        values: list[Any] = [example_inputs]
+    elif isinstance(example_inputs, Mapping):
+        values = list(example_inputs.values())
+    else:
+        values = list(example_inputs)
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            # A 0-d tensor has no batch dimension.
+            return int(v.shape[0]) if v.dim() > 0 else None
+    return None
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+    min_time_s: float = 0.0,
+) -> LatencyStats:
+    """Time ``model`` on ``example_inputs`` and return latency statistics.
+
+    The model is put in eval mode (its previous mode is restored afterwards) and run under
+    :func:`torch.inference_mode`. Each call is timed on its own with
+    :func:`time.perf_counter`; at least ``repeats`` calls are timed, and more until
+    ``min_time_s`` seconds of timed calls have passed.
+
+    Args:
+        model: the module to time.
+        example_inputs: a Tensor (``model(x)``), a tuple/list of positional args
+            (``model(*args)``) or a dict of keyword args (``model(**kwargs)``).
+        threads: intra-op threads for the measurement (``torch.set_num_threads``); the
+            previous setting is restored afterwards. One thread is the default because
+            it is the least noisy and the fairest comparison between kernels.
+        warmup: untimed calls first (allocator, packing caches, lazy init).
+        repeats: minimum number of timed calls.
+        min_time_s: minimum total time of the timed calls.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, but got {threads!r}.")
+    if warmup < 0:
+        raise ValueError(f"warmup must be >= 0, but got {warmup!r}.")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, but got {repeats!r}.")
+    if min_time_s < 0:
+        raise ValueError(f"min_time_s must be >= 0, but got {min_time_s!r}.")
+
+    prev_threads = torch.get_num_threads()
+    was_training = model.training
+    times: list[float] = []
+    try:
+        torch.set_num_threads(threads)
+        used_threads = torch.get_num_threads()
+        model.eval()
+        with torch.inference_mode():
+            for _ in range(warmup):
+                _call(model, example_inputs)
+            spent = 0.0
+            while len(times) < repeats or spent < min_time_s:
+                t0 = time.perf_counter()
+                _call(model, example_inputs)
+                dt = time.perf_counter() - t0
+                times.append(dt)
+                spent += dt
+    finally:
+        torch.set_num_threads(prev_threads)
+        model.train(was_training)
+
+    ms = np.asarray(times, dtype=np.float64) * 1e3
+    return LatencyStats(
+        median_ms=float(np.percentile(ms, 50)),
+        p90_ms=float(np.percentile(ms, 90)),
+        mean_ms=float(ms.mean()),
+        min_ms=float(ms.min()),
+        runs=len(times),
+        threads=used_threads,
+        batch_size=_batch_size(example_inputs),
+    )
+
+
+def iter_state_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(name, plain tensor)`` for every tensor of a model's state, as stored.
+
+    This is the definition of "the model's state" that :func:`size_bytes` counts, and that
+    ``autoquant.save`` writes, tensor for tensor (same names, dtypes and shapes):
+
+    * ``nn.Module``: walks ``obj.state_dict()``.
+    * A plain tensor is yielded as is under its state_dict key.
+    * A quantized tensor (``t.is_quantized``: qint8, quint8, qint32, ...) is yielded as
+      ``{key}.int_repr`` (its integers at the storage width, e.g. 1 byte for qint8) plus
+      ``{key}.scale`` and ``{key}.zero_point``. These are the tensors torch keeps next to
+      the integers: a float64 / int64 scalar for per-tensor schemes, and the per-channel
+      ``q_per_channel_scales()`` / ``q_per_channel_zero_points()`` vectors otherwise.
+    * Packed params that appear in a state_dict as tuples or lists (e.g. the
+      ``(weight, bias)`` of a dynamic quantized Linear) are walked recursively and named
+      ``{key}.{index}``; dicts as ``{key}.{field}``.
+    * TorchScript objects (e.g. the ``CellParamsBase`` of a dynamic quantized LSTM) are
+      walked through their ``__getstate__()``, which is what torch itself serializes.
+    * Anything else (a ``torch.dtype``, an int, a string, None) is metadata and holds no
+      tensor bytes, so it is skipped.
+    """
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        if t.is_quantized:
+            yield f"{prefix}.int_repr" if prefix else "int_repr", t.int_repr()
+            if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+                scale = torch.tensor(t.q_scale(), dtype=torch.float64)
+                zero_point = torch.tensor(t.q_zero_point(), dtype=torch.int64)
+            else:
+                scale = t.q_per_channel_scales()
+                zero_point = t.q_per_channel_zero_points()
+            yield f"{prefix}.scale" if prefix else "scale", scale
+            yield f"{prefix}.zero_point" if prefix else "zero_point", zero_point
+        else:
+            yield prefix, t
+        return
+
+    def child(name: object) -> str:
+        return f"{prefix}.{name}" if prefix else str(name)
+
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            yield from iter_state_tensors(v, child(k))
+    elif isinstance(obj, (tuple, list)):
+        for i, v in enumerate(obj):
+            yield from iter_state_tensors(v, child(i))
+    elif isinstance(obj, torch.ScriptObject):
+        # Raises if the object cannot be serialized; better than silently counting 0.
+        yield from iter_state_tensors(obj.__getstate__(), prefix)
+
+
+def size_bytes(obj: Any) -> int:
+    """Bytes of a model's state as stored: the sum of ``numel * element_size`` over
+    :func:`iter_state_tensors` (see there for exactly what is counted).
+
+    ``obj`` is usually an ``nn.Module``; a state_dict, a tensor or a tuple of them also
+    works. Each state_dict entry counts in full even if two entries share storage (tied
+    weights), because each is written out separately. Python-side metadata (dtype tags,
+    config) and file-format headers are not counted.
+    """
+    return sum(t.numel() * t.element_size() for _, t in iter_state_tensors(obj))

@@ -22,15 +22,15 @@ from autoquant.errors import (
 
 # public name -> module that defines it
 _LAZY = {
-    "quantize": "autoquant.quantize",
-    "quant_info": "autoquant.quantize",
+    "quantize": "autoquant.quantizer",
+    "quant_info": "autoquant.quantizer",
     "save": "autoquant.serialize",
     "load": "autoquant.serialize",
-    "calibrate": "autoquant.calibrate",
-    "CalibrationStats": "autoquant.calibrate",
+    "calibrate": "autoquant.calibration",
+    "CalibrationStats": "autoquant.calibration",
     "TensorStats": "autoquant.stats",
-    "discover": "autoquant.discover",
-    "OpInfo": "autoquant.discover",
+    "discover": "autoquant.discovery",
+    "OpInfo": "autoquant.discovery",
     "Plan": "autoquant.plan",
     "PlanWarning": "autoquant.plan",
     "resolve_plan": "autoquant.plan",
@@ -42,23 +42,46 @@ _LAZY = {
     "Capability": "autoquant.backends",
     "QuantizedModelInfo": "autoquant.backends.base",
     "capabilities": "autoquant.backends.base",
+    "capability_table": "autoquant.backends.base",
     "get_backend": "autoquant.backends",
     "register_backend": "autoquant.backends",
 }
 
 __all__ = [
     "AutoQuantError",
+    "Backend",
+    "calibrate",
     "CalibrationError",
+    "CalibrationStats",
+    "capabilities",
+    "Capability",
+    "capability_table",
     "ConfigError",
-    "OpConfig",
-    "PlanError",
-    "QuantSpec",
-    "SerializationError",
-    "UnsupportedConfigError",
+    "discover",
     "dynamic_int8",
+    "get_backend",
+    "LatencyStats",
+    "load",
+    "measure_latency",
+    "OpConfig",
+    "OpInfo",
+    "Plan",
+    "PlanError",
+    "PlanWarning",
+    "QParams",
+    "quant_info",
+    "quantize",
+    "QuantizedModelInfo",
+    "QuantSpec",
+    "register_backend",
+    "resolve_plan",
+    "save",
+    "SerializationError",
+    "size_bytes",
     "static_int8",
+    "TensorStats",
+    "UnsupportedConfigError",
     "weight_only",
-    *sorted(_LAZY),
 ]
 
 
@@ -77,12 +100,12 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from autoquant.backends import Backend, Capability, get_backend, register_backend
-    from autoquant.backends.base import QuantizedModelInfo, capabilities
-    from autoquant.calibrate import CalibrationStats, calibrate
-    from autoquant.discover import OpInfo, discover
+    from autoquant.backends.base import QuantizedModelInfo, capabilities, capability_table
+    from autoquant.calibration import CalibrationStats, calibrate
+    from autoquant.discovery import OpInfo, discover
     from autoquant.measure import LatencyStats, measure_latency, size_bytes
     from autoquant.plan import Plan, PlanWarning, resolve_plan
     from autoquant.qparams import QParams
-    from autoquant.quantize import quant_info, quantize
+    from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save
     from autoquant.stats import TensorStats

@@ -10,8 +10,9 @@ configs that are meaningless everywhere (e.g. an activation spec on a weight-onl
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from autoquant.errors import ConfigError
 
@@ -43,9 +44,7 @@ APPROACHES = ("dynamic", "static", "weight_only", "qat")
 
 def _choice(owner: str, field: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
     if value not in allowed:
-        raise ConfigError(
-            f"{owner}.{field} must be one of {list(allowed)}, but got {value!r}."
-        )
+        raise ConfigError(f"{owner}.{field} must be one of {list(allowed)}, but got {value!r}.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,7 +107,11 @@ class QuantSpec:
             )
         for field, lo, hi in (("percentile", 0.0, 100.0), ("averaging_constant", 0.0, 1.0)):
             value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo < value <= hi:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not lo < value <= hi
+            ):
                 raise ConfigError(
                     f"QuantSpec.{field} must be a number in ({lo:g}, {hi:g}], but got {value!r}."
                 )
@@ -122,7 +125,7 @@ class QuantSpec:
     def signed(self) -> bool:
         return DTYPES[self.dtype][1]
 
-    def replace(self, **changes: Any) -> "QuantSpec":
+    def replace(self, **changes: Any) -> QuantSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +133,7 @@ class QuantSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | "QuantSpec") -> "QuantSpec":
+    def from_dict(cls, data: Mapping[str, Any] | QuantSpec) -> QuantSpec:
         if isinstance(data, QuantSpec):
             return data
         if not isinstance(data, Mapping):
@@ -214,7 +217,7 @@ class OpConfig:
                     "activation ranges with another observer."
                 )
 
-    def replace(self, **changes: Any) -> "OpConfig":
+    def replace(self, **changes: Any) -> OpConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -225,7 +228,7 @@ class OpConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | "OpConfig") -> "OpConfig":
+    def from_dict(cls, data: Mapping[str, Any] | OpConfig) -> OpConfig:
         if isinstance(data, OpConfig):
             return data
         if not isinstance(data, Mapping):
@@ -235,8 +238,7 @@ class OpConfig:
         _reject_unknown("OpConfig", data, {"approach", "weight", "activation"})
         if "approach" not in data or "weight" not in data:
             raise ConfigError(
-                "OpConfig needs at least 'approach' and 'weight', "
-                f"but got keys {sorted(data)}."
+                f"OpConfig needs at least 'approach' and 'weight', but got keys {sorted(data)}."
             )
         act = data.get("activation")
         return cls(

@@ -44,7 +44,7 @@ import yaml
 from torch import nn
 
 from autoquant.config import OpConfig
-from autoquant.discover import QUANTIZABLE_TYPES, OpInfo, discover
+from autoquant.discovery import QUANTIZABLE_TYPES, OpInfo, discover
 from autoquant.errors import ConfigError, PlanError
 
 __all__ = ["PLAN_VERSION", "OP_TYPES", "Plan", "PlanWarning", "resolve_plan"]
@@ -113,9 +113,13 @@ class Plan(Mapping[str, "OpConfig | None"]):
         op_types: Mapping[str, str],
     ) -> None:
         if not isinstance(configs, Mapping):
-            raise PlanError(f"configs must be a mapping fqn -> OpConfig | None, but got {type(configs).__name__}.")
+            raise PlanError(
+                f"configs must be a mapping fqn -> OpConfig | None, but got {type(configs).__name__}."
+            )
         if not isinstance(op_types, Mapping):
-            raise PlanError(f"op_types must be a mapping fqn -> op type, but got {type(op_types).__name__}.")
+            raise PlanError(
+                f"op_types must be a mapping fqn -> op type, but got {type(op_types).__name__}."
+            )
         missing = [f for f in configs if f not in op_types]
         extra = [f for f in op_types if f not in configs]
         if missing or extra:
@@ -213,7 +217,9 @@ class Plan(Mapping[str, "OpConfig | None"]):
     def with_configs(self, configs: Mapping[str, OpConfig | Mapping[str, Any] | None]) -> Plan:
         """A new plan with ``configs`` (fqn -> OpConfig | dict | None) replacing those ops'."""
         if not isinstance(configs, Mapping):
-            raise PlanError(f"configs must be a mapping fqn -> OpConfig | None, but got {type(configs).__name__}.")
+            raise PlanError(
+                f"configs must be a mapping fqn -> OpConfig | None, but got {type(configs).__name__}."
+            )
         unknown = [f for f in configs if f not in self._configs]
         if unknown:
             hints = {f: _nearest(str(f), list(self._configs)) for f in unknown}
@@ -247,7 +253,9 @@ class Plan(Mapping[str, "OpConfig | None"]):
             )
         unknown = sorted(str(k) for k in data if k not in ("version", "ops"))
         if unknown:
-            raise PlanError(f"plan has unknown key(s) {unknown}; allowed keys are ['ops', 'version'].")
+            raise PlanError(
+                f"plan has unknown key(s) {unknown}; allowed keys are ['ops', 'version']."
+            )
         for key in ("version", "ops"):
             if key not in data:
                 raise PlanError(f"plan is missing key {key!r}.")
@@ -327,7 +335,9 @@ def _as_ops(ops: Sequence[OpInfo] | nn.Module) -> list[OpInfo]:
     seen: set[str] = set()
     for op in ops:
         if not isinstance(op, OpInfo):
-            raise TypeError(f"ops must be a list of OpInfo, but got an item of type {type(op).__name__}.")
+            raise TypeError(
+                f"ops must be a list of OpInfo, but got an item of type {type(op).__name__}."
+            )
         if op.fqn in seen:
             raise PlanError(f"ops must have unique names, but {op.fqn!r} appears twice.")
         seen.add(op.fqn)
@@ -354,7 +364,7 @@ def _not_quantizable_error(
             pos = names.index(key)
             quantizable = set(fqns)
             before = [n for n in names[:pos] if n in quantizable][-1:]
-            after = [n for n in names[pos + 1:] if n in quantizable][:1]
+            after = [n for n in names[pos + 1 :] if n in quantizable][:1]
             nearby = list(dict.fromkeys(before + after + _nearest(key, fqns)))
             return PlanError(
                 f"rule {key!r}: module {key!r} ({type(modules[key]).__name__}) is not "
@@ -382,7 +392,7 @@ def resolve_plan(
         rules: mapping rule key -> ``OpConfig`` | dict of its fields | ``None`` (float);
             keys are exact FQNs, globs, op type names or ``default``. A :class:`Plan` is
             returned as is after checking it covers exactly these ops.
-        ops: the model's ops (from :func:`~autoquant.discover.discover`) or the model
+        ops: the model's ops (from :func:`~autoquant.discovery.discover`) or the model
             itself. With the model, keys naming non-quantizable modules are detected.
         warn: emit a :class:`PlanWarning` for every key that matches no op.
 
@@ -470,8 +480,10 @@ def _warn_unmatched(key: str, fqns: list[str], present_types: set[str]) -> None:
         )
     else:
         near = _nearest(key, fqns + [t for t in OP_TYPES if t in present_types])
-        hint = f"nearest names: {near}" if near else f"op names are {fqns[:10]}" + (
-            " ..." if len(fqns) > 10 else ""
+        hint = (
+            f"nearest names: {near}"
+            if near
+            else f"op names are {fqns[:10]}" + (" ..." if len(fqns) > 10 else "")
         )
         msg = f"rule {key!r} matches no op of the model; {hint}."
     warnings.warn(msg, PlanWarning, stacklevel=3)

@@ -51,8 +51,19 @@ _QSCHEMES = {
     )
 }
 _QDTYPES = {str(d): d for d in (torch.qint8, torch.quint8, torch.qint32, torch.quint4x2)}
-_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
-                                torch.int8, torch.uint8, torch.int32, torch.int64)} | _QDTYPES
+_DTYPES = {
+    str(d): d
+    for d in (
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.float64,
+        torch.int8,
+        torch.uint8,
+        torch.int32,
+        torch.int64,
+    )
+} | _QDTYPES
 
 
 def _flatten(value: Any, name: str, out: dict[str, torch.Tensor]) -> Any:
@@ -64,7 +75,10 @@ def _flatten(value: Any, name: str, out: dict[str, torch.Tensor]) -> Any:
             return {"kind": "tensor", "name": name}
         out[f"{name}.int_repr"] = t.int_repr().contiguous()
         node: dict[str, Any] = {
-            "kind": "qtensor", "name": name, "dtype": str(t.dtype), "qscheme": str(t.qscheme())
+            "kind": "qtensor",
+            "name": name,
+            "dtype": str(t.dtype),
+            "qscheme": str(t.qscheme()),
         }
         if t.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
             out[f"{name}.scale"] = torch.tensor(t.q_scale(), dtype=torch.float64)
@@ -165,7 +179,7 @@ def save(
     """
     from safetensors.torch import save_file
 
-    from autoquant.quantize import quant_info
+    from autoquant.quantizer import quant_info
 
     info = quant_info(qmodel)
     tensors: dict[str, torch.Tensor] = {}
@@ -215,7 +229,9 @@ def _split_factory(path: str) -> tuple[str, str]:
     return module, attr
 
 
-def _float_model(model: nn.Module | Callable[[], nn.Module] | None, factory: str | None) -> nn.Module:
+def _float_model(
+    model: nn.Module | Callable[[], nn.Module] | None, factory: str | None
+) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     if callable(model):
@@ -246,7 +262,7 @@ def _placeholder_stats(meta: dict[str, Any]) -> Any:
 
     Every qparam they lead to is overwritten by the saved state right after.
     """
-    from autoquant.calibrate import CalibrationStats
+    from autoquant.calibration import CalibrationStats
     from autoquant.stats import TensorStats
 
     keys = meta["stat_keys"]

@@ -90,14 +90,17 @@ class Table:
             out.append(self.title)
             out.append("=" * len(self.title))
             widths = [
-                max(len(self.columns[i]), *(len(r[i]) for r in self.rows)) if self.rows
+                max(len(self.columns[i]), *(len(r[i]) for r in self.rows))
+                if self.rows
                 else len(self.columns[i])
                 for i in range(len(self.columns))
             ]
-            out.append("  ".join(c.ljust(w) for c, w in zip(self.columns, widths)).rstrip())
+            out.append(
+                "  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)).rstrip()
+            )
             out.append("  ".join("-" * w for w in widths))
             for r in self.rows:
-                out.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+                out.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
             if self.notes:
                 out.append("")
                 out.extend(f"  * {n}" for n in self.notes)
@@ -291,8 +294,18 @@ def timing_table(
     t = Table(
         title,
         [
-            "thr", "batch", "variant", "median ms", "p90 ms", "runs", "speedup vs fp32",
-            "ours/torch.ao", "rel. err", "size KiB", "size vs fp32", "note",
+            "thr",
+            "batch",
+            "variant",
+            "median ms",
+            "p90 ms",
+            "runs",
+            "speedup vs fp32",
+            "ours/torch.ao",
+            "rel. err",
+            "size KiB",
+            "size vs fp32",
+            "note",
         ],
     )
     errors: dict[tuple[str, int], float | None] = {}
@@ -305,7 +318,10 @@ def timing_table(
         for b, x in inputs.items():
             log(f"  {title.split(':')[0]}: threads={th} batch={b} ({len(variants)} candidates)")
             tim = bench_interleaved(
-                {v.name: (v.model, x) for v in variants}, th, rounds, args.warmup,
+                {v.name: (v.model, x) for v in variants},
+                th,
+                rounds,
+                args.warmup,
                 args.slow_rounds,
             )
             base = tim[fp32_name].median_ms
@@ -325,10 +341,19 @@ def timing_table(
                 if v.diagnostic:
                     notes.append("diagnostic, not autoquant")
                 t.add(
-                    th, b, v.name, fmt_ms(tm.median_ms), fmt_ms(tm.p90_ms), tm.runs,
-                    "" if v.name == fp32_name else fmt_x(base / tm.median_ms), ratio,
-                    fmt_err(errors[(v.name, b)]), fmt_kib(sizes[v.name]),
-                    "" if v.name == fp32_name else f"{sizes[fp32_name] / sizes[v.name]:.2f}x smaller",
+                    th,
+                    b,
+                    v.name,
+                    fmt_ms(tm.median_ms),
+                    fmt_ms(tm.p90_ms),
+                    tm.runs,
+                    "" if v.name == fp32_name else fmt_x(base / tm.median_ms),
+                    ratio,
+                    fmt_err(errors[(v.name, b)]),
+                    fmt_kib(sizes[v.name]),
+                    ""
+                    if v.name == fp32_name
+                    else f"{sizes[fp32_name] / sizes[v.name]:.2f}x smaller",
                     "; ".join(notes),
                 )
     t.notes.append(
@@ -337,6 +362,12 @@ def timing_table(
         "timed calls without the extra untimed call (column runs); speedup = fp32 median / variant median; ours/torch.ao < 1 means "
         "autoquant is faster than torch.ao's default for the same approach."
     )
+    if 2 in args.threads and oversubscribed():
+        t.notes.append(
+            "threads=2 rows: the machine was oversubscribed (load average above the core "
+            "count), so their medians mostly measure OS time slices (values near multiples "
+            "of 4 ms), not kernels; compare threads=1 rows."
+        )
     t.notes.append(
         "rel. err = ||y - y_fp32|| / ||y_fp32|| on the timed input batch; size = "
         "autoquant.size_bytes of the whole model (weights, bias, scales, zero points)."
@@ -362,56 +393,82 @@ def section_linear(args: argparse.Namespace, tables: list[Table]) -> None:
         variants.append(Variant(name, q, cfg_text, kernel, scheme, ours=True, simulated=sim))
 
     ours(
-        "aq dynamic int8", {"Linear": autoquant.dynamic_int8()},
-        "w int8 sym per-channel, a uint8 asym per-call, reduce_range=False", "dynamic",
+        "aq dynamic int8",
+        {"Linear": autoquant.dynamic_int8()},
+        "w int8 sym per-channel, a uint8 asym per-call, reduce_range=False",
+        "dynamic",
     )
     ao_dyn = ao_dynamic(linear)
-    variants.append(Variant(
-        "torch.ao dynamic int8", ao_dyn,
-        "quantize_dynamic default: w int8 per-tensor minmax, a reduce_range=True",
-        ao_kernel_label(ao_dyn), "dynamic",
-    ))
+    variants.append(
+        Variant(
+            "torch.ao dynamic int8",
+            ao_dyn,
+            "quantize_dynamic default: w int8 per-tensor minmax, a reduce_range=True",
+            ao_kernel_label(ao_dyn),
+            "dynamic",
+        )
+    )
     ours(
-        "aq static int8", {"default": autoquant.static_int8()},
+        "aq static int8",
+        {"default": autoquant.static_int8()},
         "w int8 sym per-channel, a uint8 asym minmax, reduce_range=False; 100 N(0,1) calib",
-        "static", calib,
+        "static",
+        calib,
     )
     ao_st = ao_eager_static(linear, calib)
-    variants.append(Variant(
-        "torch.ao static int8", ao_st,
-        "eager, get_default_qconfig('x86'): histogram a, reduce_range=True, per-channel w",
-        ao_kernel_label(ao_st), "static",
-    ))
+    variants.append(
+        Variant(
+            "torch.ao static int8",
+            ao_st,
+            "eager, get_default_qconfig('x86'): histogram a, reduce_range=True, per-channel w",
+            ao_kernel_label(ao_st),
+            "static",
+        )
+    )
     ours(
-        "aq weight-only int8", {"Linear": autoquant.weight_only("int8")},
-        "w int8 sym per-channel, fp32 activations", None,
+        "aq weight-only int8",
+        {"Linear": autoquant.weight_only("int8")},
+        "w int8 sym per-channel, fp32 activations",
+        None,
     )
     for g in (32, 128):
         ours(
             f"aq weight-only int4 g{g}",
             {"Linear": autoquant.weight_only("int4", group_size=g)},
-            f"w int4 asym per-group {g}, fp32 activations", None,
+            f"w int4 asym per-group {g}, fp32 activations",
+            None,
         )
     by_name = {v.name: v for v in variants}
-    variants.append(Variant(
-        "diag: wo int8 kernel, bf16 act", Bf16Act(by_name["aq weight-only int8"].model[0]),
-        "aq weight-only int8's weights; x.bfloat16() -> aten op -> float()",
-        "aten._weight_int8pack_mm (bf16 activations)", diagnostic=True,
-    ))
-    variants.append(Variant(
-        "diag: wo int4 g32 kernel, bf16 act",
-        Bf16Act(by_name["aq weight-only int4 g32"].model[0]),
-        "aq weight-only int4 g32's packed weights; x.bfloat16() -> aten op -> float()",
-        "aten._weight_int4pack_mm_for_cpu (bf16 activations)", diagnostic=True,
-    ))
+    variants.append(
+        Variant(
+            "diag: wo int8 kernel, bf16 act",
+            Bf16Act(by_name["aq weight-only int8"].model[0]),
+            "aq weight-only int8's weights; x.bfloat16() -> aten op -> float()",
+            "aten._weight_int8pack_mm (bf16 activations)",
+            diagnostic=True,
+        )
+    )
+    variants.append(
+        Variant(
+            "diag: wo int4 g32 kernel, bf16 act",
+            Bf16Act(by_name["aq weight-only int4 g32"].model[0]),
+            "aq weight-only int4 g32's packed weights; x.bfloat16() -> aten op -> float()",
+            "aten._weight_int4pack_mm_for_cpu (bf16 activations)",
+            diagnostic=True,
+        )
+    )
     tables.append(variants_table("1a. Linear 768->3072: variants", variants))
     batches = [32] if args.quick else [1, 32, 128]
     gen = torch.Generator().manual_seed(2)
     inputs = {b: torch.randn(b, 768, generator=gen) for b in batches}
-    tables.append(timing_table(
-        "1b. Linear 768->3072 (x ~ N(0,1)): latency, error, size",
-        variants, inputs, args,
-    ))
+    tables.append(
+        timing_table(
+            "1b. Linear 768->3072 (x ~ N(0,1)): latency, error, size",
+            variants,
+            inputs,
+            args,
+        )
+    )
 
 
 def section_conv(args: argparse.Namespace, tables: list[Table]) -> None:
@@ -427,24 +484,86 @@ def section_conv(args: argparse.Namespace, tables: list[Table]) -> None:
     variants = [
         Variant("fp32", fp32, "float32", "aten::conv2d (fp32)"),
         Variant(
-            "aq static int8", q,
+            "aq static int8",
+            q,
             "w int8 sym per-channel, a uint8 asym minmax, reduce_range=False; 100 N(0,1) calib",
-            kernel, "static", ours=True, simulated=sim,
+            kernel,
+            "static",
+            ours=True,
+            simulated=sim,
         ),
         Variant(
-            "torch.ao static int8", ao_st,
+            "torch.ao static int8",
+            ao_st,
             "eager, get_default_qconfig('x86'): histogram a, reduce_range=True, per-channel w",
-            ao_kernel_label(ao_st), "static",
+            ao_kernel_label(ao_st),
+            "static",
         ),
     ]
-    tables.append(variants_table("2a. Conv2d 64->64 3x3 pad 1, 56x56: variants", variants))
+    t = variants_table("2a. Conv2d 64->64 3x3 pad 1, 56x56: variants", variants)
+    log("  checking which library runs the quantized conv (ONEDNN_VERBOSE child)")
+    t.notes.append(
+        "actual dispatch of autoquant's static ops on this CPU (child run with "
+        f"ONEDNN_VERBOSE=1): {onednn_dispatch()}"
+    )
+    tables.append(t)
     batches = [1] if args.quick else [1, 8]
     gen = torch.Generator().manual_seed(4)
     inputs = {b: torch.randn(b, 64, 56, 56, generator=gen) for b in batches}
-    tables.append(timing_table(
-        "2b. Conv2d 64->64 3x3 pad 1, 56x56 (x ~ N(0,1)): latency, error, size",
-        variants, inputs, args, args.conv_rounds,
-    ))
+    tables.append(
+        timing_table(
+            "2b. Conv2d 64->64 3x3 pad 1, 56x56 (x ~ N(0,1)): latency, error, size",
+            variants,
+            inputs,
+            args,
+            args.conv_rounds,
+        )
+    )
+
+
+def _onednn_child() -> None:
+    """Child process (ONEDNN_VERBOSE=1): run autoquant's static conv and Linear once each."""
+    for kind in ("conv", "linear"):
+        torch.manual_seed(0)
+        if kind == "conv":
+            m, x = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1)).eval(), torch.randn(1, 64, 56, 56)
+        else:
+            m, x = nn.Sequential(nn.Linear(768, 3072)).eval(), torch.randn(4, 768)
+        q = autoquant.quantize(m, {"default": autoquant.static_int8()}, [x])
+        print(f"=== {kind}", flush=True)
+        with torch.inference_mode():
+            q(x)
+        print("=== end", flush=True)
+
+
+def onednn_dispatch() -> str:
+    """Which library really runs autoquant's static conv / Linear here (oneDNN verbose log)."""
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "DNNL_VERBOSE": "1"}
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--_onednn-child"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    except Exception as e:  # noqa: BLE001
+        return f"dispatch check failed: {e!r}"
+    found: dict[str, str] = {}
+    current = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("=== "):
+            current = None if line == "=== end" else line[4:]
+            found.setdefault(current or "", "")
+        elif current and "onednn_verbose" in line and ",exec," in line:
+            parts = line.split(",")
+            i = parts.index("exec")
+            found[current] = f"oneDNN {parts[i + 2]} {parts[i + 3]}"
+    if proc.returncode != 0 or not found:
+        return f"dispatch check failed (rc={proc.returncode})"
+    return "; ".join(
+        f"{k}: {v or 'no oneDNN primitive executed (fbgemm)'}" for k, v in found.items() if k
+    )
 
 
 def section_digits(args: argparse.Namespace, tables: list[Table]) -> None:
@@ -453,10 +572,15 @@ def section_digits(args: argparse.Namespace, tables: list[Table]) -> None:
 
     data = digits.load_data()
     model = digits.trained_model().eval()
-    q = autoquant.quantize(model, {"default": autoquant.static_int8()}, digits.calibration_batches())
+    q = autoquant.quantize(
+        model, {"default": autoquant.static_int8()}, digits.calibration_batches()
+    )
     info = autoquant.quant_info(q)
     x_test, y_test = data["x_test"], data["y_test"]
-    acc = {"fp32": digits.accuracy(model, x_test, y_test), "aq static int8": digits.accuracy(q, x_test, y_test)}
+    acc = {
+        "fp32": digits.accuracy(model, x_test, y_test),
+        "aq static int8": digits.accuracy(q, x_test, y_test),
+    }
     with torch.inference_mode():
         y_ref = model(x_test)
         y_q = q(x_test)
@@ -465,15 +589,28 @@ def section_digits(args: argparse.Namespace, tables: list[Table]) -> None:
     sizes = {"fp32": size_bytes(model), "aq static int8": size_bytes(q)}
     t = Table(
         f"3. Digits CNN end to end ({len(y_test)} test images)",
-        ["thr", "batch", "variant", "accuracy", "median ms", "p90 ms", "speedup vs fp32",
-         "size KiB", "size vs fp32", "note"],
+        [
+            "thr",
+            "batch",
+            "variant",
+            "accuracy",
+            "median ms",
+            "p90 ms",
+            "speedup vs fp32",
+            "size KiB",
+            "size vs fp32",
+            "note",
+        ],
     )
     cands = {"fp32": model, "aq static int8": q}
     for th in args.threads:
         for b in (64, 1):
             log(f"  digits: threads={th} batch={b}")
             tim = bench_interleaved(
-                {n: (m, x_test[:b]) for n, m in cands.items()}, th, args.rounds, args.warmup,
+                {n: (m, x_test[:b]) for n, m in cands.items()},
+                th,
+                args.rounds,
+                args.warmup,
                 args.slow_rounds,
             )
             base = tim["fp32"].median_ms
@@ -481,8 +618,14 @@ def section_digits(args: argparse.Namespace, tables: list[Table]) -> None:
                 tm = tim[n]
                 slower = n != "fp32" and tm.median_ms > base
                 t.add(
-                    th, b, n, f"{acc[n]:.4f}", fmt_ms(tm.median_ms), fmt_ms(tm.p90_ms),
-                    "" if n == "fp32" else fmt_x(base / tm.median_ms), fmt_kib(sizes[n]),
+                    th,
+                    b,
+                    n,
+                    f"{acc[n]:.4f}",
+                    fmt_ms(tm.median_ms),
+                    fmt_ms(tm.p90_ms),
+                    "" if n == "fp32" else fmt_x(base / tm.median_ms),
+                    fmt_kib(sizes[n]),
                     "" if n == "fp32" else f"{sizes['fp32'] / sizes[n]:.2f}x smaller",
                     SLOWER if slower else "",
                 )
@@ -530,9 +673,8 @@ def _rr_case_data(xkind: str, wkind: str, seed: int) -> tuple[nn.Module, list, t
 
 def rr_errors() -> dict[str, float]:
     """Relative output errors for section 4 on whatever fbgemm ISA this process uses."""
-    # Not autoquant.calibrate: once autoquant.calibrate (the submodule) has been imported
-    # (any static quantize does), that attribute is the module, not the function.
-    from autoquant.calibrate import calibrate
+    from autoquant import calibrate
+
     out: dict[str, float] = {}
     for ci, (_, xkind, wkind) in enumerate(RR_CASES):
         model, calib, x = _rr_case_data(xkind, wkind, 100 + ci)
@@ -542,7 +684,8 @@ def rr_errors() -> dict[str, float]:
         for rr in (False, True):
             for approach in ("dynamic", "static"):
                 cfg = (
-                    autoquant.dynamic_int8(reduce_range=rr) if approach == "dynamic"
+                    autoquant.dynamic_int8(reduce_range=rr)
+                    if approach == "dynamic"
                     else autoquant.static_int8(reduce_range=rr)
                 )
                 rules = {"Linear": cfg}
@@ -573,7 +716,10 @@ def section_reduce_range(args: argparse.Namespace, tables: list[Table]) -> None:
     avx2_problem = ""
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--_rr-child"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         native = rr_errors()
@@ -592,8 +738,15 @@ def section_reduce_range(args: argparse.Namespace, tables: list[Table]) -> None:
         avx2_problem = f"child failed (rc={proc.returncode}): {stderr.strip()[-300:]}"
     t = Table(
         "4. reduce_range on this CPU: Linear 768->3072 int8, batch 32, output rel. err",
-        ["operands", "approach", "act reduce_range", "err native fbgemm", "err fbgemm forced AVX2",
-         "err exact int math (fake-quant)", "note"],
+        [
+            "operands",
+            "approach",
+            "act reduce_range",
+            "err native fbgemm",
+            "err fbgemm forced AVX2",
+            "err exact int math (fake-quant)",
+            "note",
+        ],
     )
     for ci, (label, _, _) in enumerate(RR_CASES):
         for approach in ("dynamic", "static"):
@@ -609,8 +762,15 @@ def section_reduce_range(args: argparse.Namespace, tables: list[Table]) -> None:
                     notes.append(f"native {nat / fq:.1f}x fake-quant")
                 if a2 is not None and a2 > 3 * nat and a2 - nat > 1e-3:
                     notes.append(f"AVX2 SATURATES ({a2 / nat:.0f}x native)")
-                t.add(label, approach, rr, fmt_err(nat), fmt_err(a2) if a2 is not None else "n/a",
-                      fmt_err(fq), "; ".join(notes))
+                t.add(
+                    label,
+                    approach,
+                    rr,
+                    fmt_err(nat),
+                    fmt_err(a2) if a2 is not None else "n/a",
+                    fmt_err(fq),
+                    "; ".join(notes),
+                )
     t.notes.append(
         "native = fbgemm's own ISA choice on this CPU (see header: AVX512-VNNI, if present, "
         "accumulates u8*s8 products in int32 and cannot saturate). forced AVX2 = the same "
@@ -634,6 +794,13 @@ def section_reduce_range(args: argparse.Namespace, tables: list[Table]) -> None:
 # ----------------------------------------------------------------------------- header
 
 
+def oversubscribed() -> bool:
+    try:
+        return os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5
+    except OSError:
+        return False
+
+
 def loadavg() -> str:
     try:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -653,8 +820,11 @@ def header(args: argparse.Namespace, markdown: bool) -> str:
                     flags = set(line.split(":", 1)[1].split())
     except OSError:
         cpu = platform.processor() or "unknown"
-    isa = [f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
-           if f in flags]
+    isa = [
+        f
+        for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+        if f in flags
+    ]
     vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: None)()
     lines = [
         f"torch {torch.__version__}; torch.backends.quantized.engine = "
@@ -670,7 +840,8 @@ def header(args: argparse.Namespace, markdown: bool) -> str:
         + (
             " -- OVERSUBSCRIBED: other processes hold the cores, so threads=2 rows mostly "
             "measure scheduler time slices (medians near multiples of ~4 ms), not kernels"
-            if os.getloadavg()[0] > (os.cpu_count() or 1) - 0.5 else ""
+            if oversubscribed()
+            else ""
         ),
         f"FBGEMM_ENABLE_INSTRUCTIONS in this process: "
         f"{os.environ.get('FBGEMM_ENABLE_INSTRUCTIONS', '(unset: fbgemm picks the best ISA)')}",
@@ -693,10 +864,14 @@ def main(argv: list[str] | None = None) -> None:
         "--sections", default="1234", help="which sections to run, e.g. 14 (default 1234)"
     )
     p.add_argument("--_rr-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--_onednn-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args._rr_child:
         print(json.dumps(rr_errors()))
+        return
+    if args._onednn_child:
+        _onednn_child()
         return
     if args.rounds is None:
         args.rounds = 15 if args.quick else 40
@@ -707,7 +882,9 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     print(header(args, args.markdown))
     steps: list[tuple[str, Callable[[argparse.Namespace, list[Table]], None]]] = [
-        ("1", section_linear), ("2", section_conv), ("3", section_digits),
+        ("1", section_linear),
+        ("2", section_conv),
+        ("3", section_digits),
         ("4", section_reduce_range),
     ]
     for key, fn in steps:

@@ -63,9 +63,13 @@ class TinyTransformerBlock(nn.Module):
         x = self.embed(ids)
         b, t, d = x.shape
         h = self.ln1(x)
+
         def split(z: torch.Tensor) -> torch.Tensor:
             return z.view(b, t, self.heads, d // self.heads).transpose(1, 2)
-        att = torch.softmax(split(self.q(h)) @ split(self.k(h)).transpose(-1, -2) / (d // self.heads) ** 0.5, -1)
+
+        att = torch.softmax(
+            split(self.q(h)) @ split(self.k(h)).transpose(-1, -2) / (d // self.heads) ** 0.5, -1
+        )
         x = x + self.o((att @ split(self.v(h))).transpose(1, 2).reshape(b, t, d))
         x = x + self.down(torch.nn.functional.gelu(self.up(self.ln2(x))))
         return self.head(x.mean(1))

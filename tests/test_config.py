@@ -47,7 +47,9 @@ BAD_SPEC_FIELDS: list[tuple[str, Any, list[str]]] = [
 
 
 @pytest.mark.parametrize(("field", "value", "allowed"), BAD_SPEC_FIELDS)
-def test_bad_spec_field_names_field_value_and_allowed(field: str, value: Any, allowed: list[str]) -> None:
+def test_bad_spec_field_names_field_value_and_allowed(
+    field: str, value: Any, allowed: list[str]
+) -> None:
     with pytest.raises(ConfigError) as info:
         QuantSpec(**{field: value})
     msg = str(info.value)
@@ -173,7 +175,9 @@ def test_hashable_and_equal_by_value() -> None:
     assert hash(static_int8()) == hash(static_int8())
     assert static_int8() != dynamic_int8()
     assert QuantSpec(dtype="uint8") == QuantSpec(dtype="uint8")
-    assert len({static_int8(), static_int8(), dynamic_int8(), weight_only("int4", group_size=32)}) == 3
+    assert (
+        len({static_int8(), static_int8(), dynamic_int8(), weight_only("int4", group_size=32)}) == 3
+    )
     assert {QuantSpec(): 1}[QuantSpec()] == 1
 
 

@@ -128,7 +128,11 @@ def test_dynamic_int8_linear_counts_one_byte_per_weight() -> None:
 def test_per_channel_quantized_tensor_counts_its_scales() -> None:
     w = torch.randn(6, 10)
     qw = torch.quantize_per_channel(
-        w, torch.rand(6, dtype=torch.float64) + 0.1, torch.zeros(6, dtype=torch.int64), 0, torch.qint8
+        w,
+        torch.rand(6, dtype=torch.float64) + 0.1,
+        torch.zeros(6, dtype=torch.int64),
+        0,
+        torch.qint8,
     )
     assert size_bytes({"w": qw}) == 60 * 1 + 6 * 8 + 6 * 8
 

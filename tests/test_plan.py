@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from autoquant.config import OpConfig, dynamic_int8, static_int8, weight_only
-from autoquant.discover import OpInfo, discover
+from autoquant.discovery import OpInfo, discover
 from autoquant.errors import PlanError
 from autoquant.plan import Plan, PlanWarning, resolve_plan
 
@@ -139,7 +139,9 @@ def test_warn_false_is_silent() -> None:
 
 
 def test_non_quantizable_module_is_an_error_with_nearby_ops() -> None:
-    with pytest.raises(PlanError, match=r"'bn1' \(BatchNorm2d\) is not quantizable.*'conv1', 'conv2'"):
+    with pytest.raises(
+        PlanError, match=r"'bn1' \(BatchNorm2d\) is not quantizable.*'conv1', 'conv2'"
+    ):
         resolve_plan({"bn1": A}, ResidualCNN())
     with pytest.raises(PlanError, match="'relu'"):
         resolve_plan({"relu": None}, MLP())
@@ -183,8 +185,10 @@ def test_plan_as_rules_is_checked_and_returned() -> None:
     assert resolve_plan(plan, MLP_OPS) is plan
     with pytest.raises(PlanError, match=r"lacks \['embed'"):
         resolve_plan(plan, MIXED_OPS)
-    wrong_type = Plan({"fc1": None, "fc2": None, "fc10": None},
-                      {"fc1": "Linear", "fc2": "Conv1d", "fc10": "Linear"})
+    wrong_type = Plan(
+        {"fc1": None, "fc2": None, "fc10": None},
+        {"fc1": "Linear", "fc2": "Conv1d", "fc10": "Linear"},
+    )
     with pytest.raises(PlanError, match=r"op type for \['fc2'\]"):
         resolve_plan(wrong_type, MLP_OPS)
 
@@ -253,7 +257,7 @@ def test_hash_is_stable_across_processes() -> None:
     plan = resolve({"default": A, "fc?": B, "fc10": None})
     code = (
         "from autoquant.config import static_int8, dynamic_int8\n"
-        "from autoquant.discover import OpInfo\n"
+        "from autoquant.discovery import OpInfo\n"
         "from autoquant.plan import resolve_plan\n"
         "ops = [OpInfo(f, 'Linear', (1,), 1, None) for f in ('fc1', 'fc2', 'fc10')]\n"
         "rules = {'fc10': None, 'fc?': dynamic_int8(), 'default': static_int8()}\n"
@@ -262,7 +266,11 @@ def test_hash_is_stable_across_processes() -> None:
     # A different hash seed would change any hash() based digest.
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
         cwd=Path(__file__).resolve().parents[1],
     )
     assert out.stdout.strip() == plan.hash
@@ -292,13 +300,25 @@ def test_yaml_and_dict_round_trip() -> None:
         ({"version": 1, "ops": {}, "extra": 1}, r"unknown key\(s\) \['extra'\]"),
         ({"version": 1, "ops": []}, "'ops' must be a mapping"),
         ({"version": 1, "ops": {"fc1": None}}, r"ops\['fc1'\] must be a mapping"),
-        ({"version": 1, "ops": {"fc1": {"type": "Linear"}}}, r"ops\['fc1'\] must have exactly the keys"),
-        ({"version": 1, "ops": {"fc1": {"type": "Dense", "config": None}}}, r"ops\['fc1'\]\.type must be one of"),
         (
-            {"version": 1, "ops": {"fc1": {"type": "Linear", "config": {"approach": "x", "weight": {}}}}},
+            {"version": 1, "ops": {"fc1": {"type": "Linear"}}},
+            r"ops\['fc1'\] must have exactly the keys",
+        ),
+        (
+            {"version": 1, "ops": {"fc1": {"type": "Dense", "config": None}}},
+            r"ops\['fc1'\]\.type must be one of",
+        ),
+        (
+            {
+                "version": 1,
+                "ops": {"fc1": {"type": "Linear", "config": {"approach": "x", "weight": {}}}},
+            },
             r"ops\['fc1'\]\.config: OpConfig\.approach",
         ),
-        ({"version": 1, "ops": {3: {"type": "Linear", "config": None}}}, "op names must be strings"),
+        (
+            {"version": 1, "ops": {3: {"type": "Linear", "config": None}}},
+            "op names must be strings",
+        ),
     ],
 )
 def test_from_dict_errors_name_the_key(data: Any, match: str) -> None:
@@ -332,9 +352,29 @@ def test_printing() -> None:
 # -- property: resolution equals a reference implementation ------------------------------
 
 KEY_POOL = [
-    "default", "Linear", "Conv2d", "Embedding", "LSTM", "GRU",
-    "fc1", "fc2", "fc10", "embed", "rnn", "layer.0.conv", "layer.1.fc",
-    "fc?", "fc*", "fc1*", "layer.*", "layer.?.conv", "*conv", "*", "[fl]*", "*.1*", "nothing*",
+    "default",
+    "Linear",
+    "Conv2d",
+    "Embedding",
+    "LSTM",
+    "GRU",
+    "fc1",
+    "fc2",
+    "fc10",
+    "embed",
+    "rnn",
+    "layer.0.conv",
+    "layer.1.fc",
+    "fc?",
+    "fc*",
+    "fc1*",
+    "layer.*",
+    "layer.?.conv",
+    "*conv",
+    "*",
+    "[fl]*",
+    "*.1*",
+    "nothing*",
 ]
 VALUES = [A, B, C, D, None]
 

@@ -41,12 +41,20 @@ def _cases() -> dict[str, tuple]:
         ),
         "simulated": (
             lambda: MLP().eval(),
-            {"fc1": OpConfig(approach="static", weight=QuantSpec(dtype="int4"),
-                             activation=QuantSpec(dtype="uint4", scheme="asym"))},
+            {
+                "fc1": OpConfig(
+                    approach="static",
+                    weight=QuantSpec(dtype="int4"),
+                    activation=QuantSpec(dtype="uint4", scheme="asym"),
+                )
+            },
             torch.randn(8, 64),
         ),
-        "lstm": (lambda: LSTMClassifier().eval(), {"lstm": _rnn_cfg(), "fc": aq.dynamic_int8()},
-                 torch.randn(4, 6, 8)),
+        "lstm": (
+            lambda: LSTMClassifier().eval(),
+            {"lstm": _rnn_cfg(), "fc": aq.dynamic_int8()},
+            torch.randn(4, 6, 8),
+        ),
     }
 
 

@@ -12,7 +12,7 @@ from autoquant.errors import CalibrationError
 from autoquant.qparams import QParams, quantize
 
 if TYPE_CHECKING:
-    from autoquant.calibrate import CalibrationStats
+    from autoquant.calibration import CalibrationStats
 
 __all__ = ["set_submodule", "quantized_weight", "calibrated_qparams", "simulated_op"]
 
@@ -36,7 +36,7 @@ def quantized_weight(weight: torch.Tensor, cfg: OpConfig) -> tuple[torch.Tensor,
 
 
 def calibrated_qparams(
-    stats: "CalibrationStats | None", key: str, cfg: OpConfig, fqn: str
+    stats: CalibrationStats | None, key: str, cfg: OpConfig, fqn: str
 ) -> QParams:
     """Activation qparams of ``key`` from calibration statistics, with a clear error."""
     from autoquant.observers import activation_qparams
@@ -56,7 +56,7 @@ def calibrated_qparams(
 
 
 def simulated_op(
-    module: nn.Module, cfg: OpConfig, fqn: str, stats: "CalibrationStats | None"
+    module: nn.Module, cfg: OpConfig, fqn: str, stats: CalibrationStats | None
 ) -> nn.Module:
     """Fake-quant stand-in for a config that has no integer kernel."""
     import copy

@@ -73,7 +73,9 @@ class QuantModule(nn.Module):
     def _register_weight(self, q: torch.Tensor, qp: QParams, store_dtype: torch.dtype) -> None:
         self.register_buffer("weight_int", q.to(store_dtype))
         self.register_buffer("weight_scale", qp.scale.clone().float())
-        self.register_buffer("weight_zero_point", qp.zero_point.clone().to(torch.int32))
+        # Zero points lie in [qmin, qmax]: store them at the weights' own width (a
+        # 32-bit zero point per 32-weight group would cost more than the 4-bit data).
+        self.register_buffer("weight_zero_point", qp.zero_point.clone().to(store_dtype))
         self.w_qmin, self.w_qmax, self.w_axis = qp.qmin, qp.qmax, qp.axis
         self.w_group_size, self.w_dtype = qp.group_size, qp.dtype
 
@@ -176,7 +178,11 @@ class StaticConv(_StaticBase):
     """Conv1d / Conv2d on fbgemm's quantized conv kernels."""
 
     def __init__(
-        self, conv: nn.Conv1d | nn.Conv2d, q: torch.Tensor, qp: QParams, in_qp: QParams,
+        self,
+        conv: nn.Conv1d | nn.Conv2d,
+        q: torch.Tensor,
+        qp: QParams,
+        in_qp: QParams,
         out_qp: QParams,
     ) -> None:
         super().__init__()
@@ -196,7 +202,11 @@ class StaticConv(_StaticBase):
         qweight = to_torch_qtensor(self.weight_int, self.weight_qparams())
         prepack = getattr(torch.ops.quantized, f"conv{self.dims}d_prepack")
         self._packed = prepack(
-            qweight, self.bias, list(self.stride), list(self.padding), list(self.dilation),
+            qweight,
+            self.bias,
+            list(self.stride),
+            list(self.padding),
+            list(self.dilation),
             self.groups,
         )
 
@@ -260,8 +270,12 @@ class WeightOnlyInt4Linear(QuantModule):
         # the zero point with it, so the represented values do not change.
         offset = -qp.qmin if qp.qmin < 0 else 0
         shifted = QParams(
-            scale=qp.scale, zero_point=qp.zero_point + offset, qmin=qp.qmin + offset,
-            qmax=qp.qmax + offset, dtype="uint4", group_size=qp.group_size,
+            scale=qp.scale,
+            zero_point=qp.zero_point + offset,
+            qmin=qp.qmin + offset,
+            qmax=qp.qmax + offset,
+            dtype="uint4",
+            group_size=qp.group_size,
         )
         self._register_weight(_pack_nibbles(q + offset), shifted, torch.uint8)
         self.register_buffer(
@@ -310,8 +324,12 @@ class WeightOnlyEmbedding(QuantModule):
         if self.nibbles:
             offset = -qp.qmin if qp.qmin < 0 else 0
             qp = QParams(
-                scale=qp.scale, zero_point=qp.zero_point + offset, qmin=qp.qmin + offset,
-                qmax=qp.qmax + offset, dtype="uint4", axis=qp.axis,
+                scale=qp.scale,
+                zero_point=qp.zero_point + offset,
+                qmin=qp.qmin + offset,
+                qmax=qp.qmax + offset,
+                dtype="uint4",
+                axis=qp.axis,
             )
             self._register_weight(_pack_nibbles(q + offset), qp, torch.uint8)
         else:
@@ -322,7 +340,7 @@ class WeightOnlyEmbedding(QuantModule):
         if self.nibbles:
             rows = _unpack_nibbles(rows)
         scale = F.embedding(ids, self.weight_scale.unsqueeze(1))
-        zp = F.embedding(ids, self.weight_zero_point.unsqueeze(1))
+        zp = F.embedding(ids, self.weight_zero_point.unsqueeze(1).to(torch.int32))
         return (rows.to(torch.int32) - zp).float() * scale
 
 
@@ -360,8 +378,11 @@ class SimulatedOp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "static":
             qp = QParams(
-                scale=self.input_scale, zero_point=self.input_zero_point,
-                qmin=self.in_qmin, qmax=self.in_qmax, dtype=self.in_dtype,
+                scale=self.input_scale,
+                zero_point=self.input_zero_point,
+                qmin=self.in_qmin,
+                qmax=self.in_qmax,
+                dtype=self.in_dtype,
             )
             x = fake_quantize(x, qp)
         elif self.mode == "dynamic":

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch.fx
     from torch import nn
 
-    from autoquant.calibrate import CalibrationStats
+    from autoquant.calibration import CalibrationStats
     from autoquant.plan import Plan
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "get_backend",
     "available_backends",
     "capabilities",
+    "capability_table",
 ]
 
 
@@ -105,7 +106,7 @@ class QuantizedModelInfo:
     ``stat_keys`` are the calibration statistics the build read.
     """
 
-    plan: "Plan"
+    plan: Plan
     backend: str
     mode: str
     kernels: dict[str, str]
@@ -130,7 +131,7 @@ class Backend(ABC):
                 return cap
         return None
 
-    def module_problem(self, module: "nn.Module", cfg: OpConfig, cap: Capability) -> str | None:
+    def module_problem(self, module: nn.Module, cfg: OpConfig, cap: Capability) -> str | None:
         """Why this particular module (its shapes, options) cannot run ``cfg``, or None.
 
         Capabilities describe op types; a backend overrides this for per-module limits
@@ -138,7 +139,7 @@ class Backend(ABC):
         """
         return None
 
-    def check(self, plan: "Plan", model: "nn.Module | None" = None) -> None:
+    def check(self, plan: Plan, model: nn.Module | None = None) -> None:
         """Raise UnsupportedConfigError listing every op of ``plan`` this backend cannot run.
 
         With ``model``, per-module limits (:meth:`module_problem`) are checked too.
@@ -150,7 +151,9 @@ class Backend(ABC):
             op_type = plan.op_types[fqn]
             cap = self.find(op_type, cfg)
             if cap is None:
-                problems.append(f"  - {fqn} ({op_type}): {cfg.short()}\n      {self.explain(op_type, cfg)}")
+                problems.append(
+                    f"  - {fqn} ({op_type}): {cfg.short()}\n      {self.explain(op_type, cfg)}"
+                )
             elif model is not None:
                 reason = self.module_problem(model.get_submodule(fqn), cfg, cap)
                 if reason:
@@ -171,11 +174,13 @@ class Backend(ABC):
             return f"{op_type} is not quantizable on {self.name!r} (quantizable: {types})"
         approaches = sorted({c.approach for c in same})
         if cfg.approach not in approaches:
-            return f"approach={cfg.approach!r} is not available for {op_type} (allowed: {approaches})"
+            return (
+                f"approach={cfg.approach!r} is not available for {op_type} (allowed: {approaches})"
+            )
         reasons = [c.mismatch(op_type, cfg) for c in same if c.approach == cfg.approach]
         return "unsupported " + "; or ".join(r for r in reasons if r)
 
-    def calibration_graph(self, model: "nn.Module") -> "torch.fx.GraphModule | None":
+    def calibration_graph(self, model: nn.Module) -> torch.fx.GraphModule | None:
         """A float graph whose node names match the ones ``build`` observes, or None.
 
         Calibration records statistics for every node of this graph, so qparams for any
@@ -185,9 +190,7 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def build(
-        self, model: "nn.Module", plan: "Plan", stats: "CalibrationStats | None"
-    ) -> "nn.Module":
+    def build(self, model: nn.Module, plan: Plan, stats: CalibrationStats | None) -> nn.Module:
         """Return a new quantized model; ``model`` must not be modified."""
 
 
@@ -204,7 +207,7 @@ def available_backends() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_backend(backend: "str | Backend") -> Backend:
+def get_backend(backend: str | Backend) -> Backend:
     if isinstance(backend, Backend):
         return backend
     # Importing the package registers the built-in backends.
@@ -218,6 +221,37 @@ def get_backend(backend: "str | Backend") -> Backend:
         ) from None
 
 
-def capabilities(backend: "str | Backend" = "x86") -> list[Capability]:
+def capabilities(backend: str | Backend = "x86") -> list[Capability]:
     """What ``backend`` can run: one entry per kernel (real ones first, then simulated)."""
     return get_backend(backend).capabilities()
+
+
+def capability_table(backends: list[str] | None = None) -> str:
+    """The supported feature matrix as a markdown table (the README's is generated here)."""
+
+    def side(s: SpecSupport | None) -> str:
+        if s is None:
+            return "float"
+        parts = [
+            "/".join(s.dtypes),
+            "/".join(s.schemes),
+            "/".join(g.replace("per_", "") for g in s.granularities),
+        ]
+        if "per_group" in s.granularities:
+            parts.append("g" + "/".join(map(str, s.group_sizes)))
+        if s.reduce_range != (False, True):
+            parts.append("reduce_range=" + "/".join(map(str, s.reduce_range)))
+        return " ".join(parts)
+
+    rows = [
+        "| backend | approach | op types | weight | activation | runs on | kind |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in backends or available_backends():
+        for cap in get_backend(name).capabilities():
+            rows.append(
+                f"| {name} | {cap.approach} | {', '.join(cap.op_types)} | {side(cap.weight)} "
+                f"| {side(cap.activation)} | {cap.kernel} | "
+                f"{'simulated' if cap.simulated else 'real kernel'} |"
+            )
+    return "\n".join(rows)

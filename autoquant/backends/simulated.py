@@ -17,7 +17,7 @@ from autoquant.backends.base import Backend, Capability, QuantizedModelInfo, reg
 from autoquant.errors import CalibrationError
 
 if TYPE_CHECKING:
-    from autoquant.calibrate import CalibrationStats
+    from autoquant.calibration import CalibrationStats
     from autoquant.plan import Plan
 
 __all__ = ["SimulatedBackend"]
@@ -32,9 +32,7 @@ class SimulatedBackend(Backend):
 
         return [c for c in _CAPABILITIES if c.simulated]
 
-    def build(
-        self, model: nn.Module, plan: "Plan", stats: "CalibrationStats | None"
-    ) -> nn.Module:
+    def build(self, model: nn.Module, plan: Plan, stats: CalibrationStats | None) -> nn.Module:
         self.check(plan, model)
         quantized = [f for f, c in plan.items() if c is not None]
         if stats is None and any(plan[f].approach == "static" for f in quantized):
@@ -51,7 +49,11 @@ class SimulatedBackend(Backend):
                 keys.append(f"in:{fqn}")
         qmodel.eval()
         qmodel.autoquant_info = QuantizedModelInfo(
-            plan=plan, backend=self.name, mode="eager", kernels=kernels,
-            simulated=tuple(quantized), stat_keys=tuple(keys),
+            plan=plan,
+            backend=self.name,
+            mode="eager",
+            kernels=kernels,
+            simulated=tuple(quantized),
+            stat_keys=tuple(keys),
         )
         return qmodel

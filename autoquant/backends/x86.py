@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import operator
+import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -44,16 +46,16 @@ from autoquant.errors import CalibrationError, UnsupportedConfigError
 from autoquant.qparams import QParams, quant_range
 
 if TYPE_CHECKING:
-    from autoquant.calibrate import CalibrationStats
+    from autoquant.calibration import CalibrationStats
     from autoquant.plan import Plan
 
-__all__ = ["X86Backend"]
+__all__ = ["X86Backend", "SaturationWarning", "cpu_has_vnni"]
 
 _ALL_DTYPES = tuple(DTYPES)
 _ACT_OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl")
 _W_OBSERVERS = ("minmax", "mse", "percentile")
 _LINEAR_CONV = ("Linear", "Conv1d", "Conv2d")
-_FX_LABEL = "fbgemm int8 via torch.fx graph ({})"
+_FX_LABEL = "x86 int8 engine via torch.fx graph ({})"
 
 _CAPABILITIES = [
     # Real integer kernels first: Backend.find returns the first match.
@@ -64,7 +66,8 @@ _CAPABILITIES = [
             dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=_W_OBSERVERS
         ),
         activation=SpecSupport(dtypes=("uint8",), observers=_ACT_OBSERVERS),
-        kernel="fbgemm quantized::linear / quantized::conv (int8)",
+        # The x86 engine runs Linear on fbgemm and picks fbgemm or oneDNN for conv.
+        kernel="x86 int8 engine: quantized::linear (fbgemm), quantized::conv (fbgemm/oneDNN)",
     ),
     Capability(
         op_types=("Linear",),
@@ -224,23 +227,56 @@ def _is_fused_float(module: nn.Module) -> bool:
 # their inputs already are, so quantize/dequantize pairs sit at the borders of quantized
 # regions and never inside a region the plan keeps in float.
 _GLUE_FUNCTIONS = {
-    operator.add, torch.add, operator.mul, torch.mul, torch.cat, torch.relu, F.relu, F.relu6,
-    F.hardtanh, torch.flatten, F.max_pool1d, F.max_pool2d, F.adaptive_avg_pool1d,
-    F.adaptive_avg_pool2d, F.avg_pool1d, F.avg_pool2d, F.dropout, torch.clamp,
+    operator.add,
+    torch.add,
+    operator.mul,
+    torch.mul,
+    torch.cat,
+    torch.relu,
+    F.relu,
+    F.relu6,
+    F.hardtanh,
+    torch.flatten,
+    F.max_pool1d,
+    F.max_pool2d,
+    F.adaptive_avg_pool1d,
+    F.adaptive_avg_pool2d,
+    F.avg_pool1d,
+    F.avg_pool2d,
+    F.dropout,
+    torch.clamp,
 }
 _GLUE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
 )
 _GLUE_METHODS = {
-    "flatten", "view", "reshape", "relu", "mean", "permute", "transpose", "contiguous",
-    "squeeze", "unsqueeze",
+    "flatten",
+    "view",
+    "reshape",
+    "relu",
+    "mean",
+    "permute",
+    "transpose",
+    "contiguous",
+    "squeeze",
+    "unsqueeze",
 }
 # Inputs that carry shapes or scalars, not tensors; they do not decide quantization.
 _SHAPE_METHODS = {"size", "dim", "numel"}
 
 
-def _traced(model: nn.Module) -> "torch.fx.GraphModule":
+def _traced(model: nn.Module) -> torch.fx.GraphModule:
     """The model as torch.ao's tracer sees it, with ``torch.relu``/``x.relu()`` spelled
     ``F.relu``: torch.ao fuses and quantizes only that spelling, and the three compute
     the same. Calibration and build both start from this graph, so node names agree.
@@ -282,7 +318,8 @@ def _add_glue_qconfigs(
     def quantized_inputs(node: Any, first_only: bool) -> list[OpConfig] | None:
         inputs = [node.args[0]] if first_only and node.args else node.all_input_nodes
         inputs = [
-            i for i in inputs
+            i
+            for i in inputs
             if hasattr(i, "op") and not (i.op == "call_method" and i.target in _SHAPE_METHODS)
         ]
         if not inputs or any(i.name not in spec_of for i in inputs):
@@ -321,6 +358,30 @@ def _add_glue_qconfigs(
         if ok:
             # Shape methods share their input's qparams; the spec only fills the qconfig.
             mapping.set_object_type(method, qconfig(next(iter(static.values()))))
+
+
+def cpu_has_vnni() -> bool:
+    """Whether fbgemm's int8 dot products accumulate in int32 (VNNI) on this CPU.
+
+    Without VNNI (AVX2 only), fbgemm sums pairs of u8*s8 products in saturating int16,
+    so full-range activations can overflow; ``reduce_range=True`` avoids it. Honours
+    ``FBGEMM_ENABLE_INSTRUCTIONS``, which can force fbgemm below what the CPU has.
+    """
+    forced = os.environ.get("FBGEMM_ENABLE_INSTRUCTIONS", "").upper()
+    if forced and "VNNI" not in forced and "AVX512" not in forced:
+        return False
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+class SaturationWarning(UserWarning):
+    """Full-range int8 activations on a CPU whose int8 kernels can saturate."""
 
 
 @register_backend
@@ -370,7 +431,7 @@ class X86Backend(Backend):
             )
         return None
 
-    def calibration_graph(self, model: nn.Module) -> "torch.fx.GraphModule | None":
+    def calibration_graph(self, model: nn.Module) -> torch.fx.GraphModule | None:
         from torch.ao.quantization.quantize_fx import fuse_fx
 
         try:
@@ -378,9 +439,7 @@ class X86Backend(Backend):
         except Exception:  # noqa: BLE001 - any tracing failure means "use module mode"
             return None
 
-    def build(
-        self, model: nn.Module, plan: "Plan", stats: "CalibrationStats | None"
-    ) -> nn.Module:
+    def build(self, model: nn.Module, plan: Plan, stats: CalibrationStats | None) -> nn.Module:
         self._require_engine()
         self.check(plan, model)
         caps: dict[str, Capability] = {}
@@ -396,6 +455,23 @@ class X86Backend(Backend):
                 "calib_data= (an iterable of model inputs, ~100 samples) to quantize()."
             )
         fx_ops = [f for f, c in caps.items() if c.approach == "static" and not c.simulated]
+        at_risk = [
+            f
+            for f, c in caps.items()
+            if not c.simulated
+            and c.activation is not None
+            and not plan[f].activation.reduce_range
+            and plan.op_types[f] in _LINEAR_CONV
+        ]
+        if at_risk and not cpu_has_vnni():
+            warnings.warn(
+                f"this CPU has no VNNI: fbgemm's int8 kernels accumulate pairs in int16 and "
+                f"can saturate with full-range activations, as planned for {at_risk[:5]}"
+                f"{' ...' if len(at_risk) > 5 else ''}. Set reduce_range=True on their "
+                "activation spec (or let the tuner search it).",
+                SaturationWarning,
+                stacklevel=3,
+            )
         used_keys: list[str] = []
         kernels: dict[str, str] = {}
         notes: list[str] = []
@@ -437,9 +513,9 @@ class X86Backend(Backend):
     def _convert_fx(
         self,
         model: nn.Module,
-        plan: "Plan",
+        plan: Plan,
         fx_ops: list[str],
-        stats: "CalibrationStats",
+        stats: CalibrationStats,
         used_keys: list[str],
         kernels: dict[str, str],
     ) -> nn.Module:
@@ -497,7 +573,7 @@ class X86Backend(Backend):
         fqn: str,
         cfg: OpConfig,
         cap: Capability,
-        stats: "CalibrationStats | None",
+        stats: CalibrationStats | None,
         used_keys: list[str],
     ) -> nn.Module:
         if cap.simulated:
@@ -519,7 +595,10 @@ class X86Backend(Backend):
                 qp = QParams(
                     scale=qp.scale.expand(module.out_features).clone(),
                     zero_point=qp.zero_point.expand(module.out_features).clone(),
-                    qmin=qp.qmin, qmax=qp.qmax, dtype=qp.dtype, axis=0,
+                    qmin=qp.qmin,
+                    qmax=qp.qmax,
+                    dtype=qp.dtype,
+                    axis=0,
                 )
             return WeightOnlyInt8Linear(module, q, qp)
         # static, model not traceable: one quantized island per op

@@ -54,8 +54,10 @@ def load_data() -> dict[str, torch.Tensor]:
         range(len(y)), test_size=0.2, random_state=_SEED, stratify=digits.target
     )
     return {
-        "x_train": x[idx_train], "y_train": y[idx_train],
-        "x_test": x[idx_test], "y_test": y[idx_test],
+        "x_train": x[idx_train],
+        "y_train": y[idx_train],
+        "x_test": x[idx_test],
+        "y_test": y[idx_test],
     }
 
 
@@ -94,9 +96,8 @@ def trained_model(*, epochs: int = 25, cache: bool = True) -> DigitsCNN:
 
 @torch.inference_mode()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> float:
-    correct = sum(
-        int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(batch_size), y.split(batch_size))
-    )
+    batches = zip(x.split(batch_size), y.split(batch_size), strict=True)
+    correct = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in batches)
     return correct / len(y)
 
 
@@ -132,12 +133,18 @@ def main(argv: list[str] | None = None) -> None:
         lat = measure_latency(m, example, threads=args.threads, repeats=50)
         rows.append((name, acc, lat.median_ms, size_bytes(m)))
     base_lat, base_size = rows[0][2], rows[0][3]
-    print(f"digits CNN, {len(data['y_test'])} test images, latency at batch {args.batch_size}, "
-          f"{args.threads} thread(s), median of 50")
-    print(f"{'model':<24}{'accuracy':>10}{'latency ms':>12}{'speedup':>9}{'size KiB':>10}{'smaller':>9}")
+    print(
+        f"digits CNN, {len(data['y_test'])} test images, latency at batch {args.batch_size}, "
+        f"{args.threads} thread(s), median of 50"
+    )
+    print(
+        f"{'model':<24}{'accuracy':>10}{'latency ms':>12}{'speedup':>9}{'size KiB':>10}{'smaller':>9}"
+    )
     for name, acc, lat_ms, size in rows:
-        print(f"{name:<24}{acc:>10.4f}{lat_ms:>12.3f}{base_lat / lat_ms:>8.2f}x"
-              f"{size / 1024:>10.1f}{base_size / size:>8.2f}x")
+        print(
+            f"{name:<24}{acc:>10.4f}{lat_ms:>12.3f}{base_lat / lat_ms:>8.2f}x"
+            f"{size / 1024:>10.1f}{base_size / size:>8.2f}x"
+        )
     info = autoquant.quant_info(candidates["static int8 (all ops)"])
     print(f"\nstatic int8 build: mode={info.mode}; kernels:")
     for fqn, kernel in info.kernels.items():

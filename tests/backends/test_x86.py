@@ -46,9 +46,12 @@ def _config_for(cap: Capability, op_type: str) -> OpConfig:
         ]
     for dtype, scheme, gran in itertools.product(w.dtypes, w.schemes, w.granularities):
         weight = QuantSpec(
-            dtype=dtype, scheme=scheme, granularity=gran,
+            dtype=dtype,
+            scheme=scheme,
+            granularity=gran,
             group_size=32 if gran == "per_group" else None,
-            observer=w.observers[0], reduce_range=w.reduce_range[0],
+            observer=w.observers[0],
+            reduce_range=w.reduce_range[0],
         )
         for act in act_choices:
             try:
@@ -86,11 +89,7 @@ _EVIDENCE = {
     "quantized::quantized_lstm/gru (dynamic int8)": "aten::quantized_",
     "embedding gather on int8/int4 table": "aten::embedding",
 }
-_CASES = [
-    (cap, op_type)
-    for cap in BACKEND.capabilities()
-    for op_type in cap.op_types
-]
+_CASES = [(cap, op_type) for cap in BACKEND.capabilities() for op_type in cap.op_types]
 
 
 @pytest.mark.parametrize(
@@ -109,7 +108,7 @@ def test_every_capability_builds_and_runs(cap: Capability, op_type: str) -> None
         assert not any(name.startswith("quantized::") for name in ran)
     elif cap.approach == "static":
         assert any(name.startswith("quantized::") for name in ran), ran
-        assert info.kernels[fqn].startswith("fbgemm int8")
+        assert info.kernels[fqn].startswith("x86 int8 engine")
     else:
         evidence = _EVIDENCE[cap.kernel]
         assert any(name.startswith(evidence) for name in ran), (evidence, sorted(ran))
@@ -134,7 +133,9 @@ def test_static_graph_folds_bn_fuses_relu_and_quantizes_only_at_borders(
     names = {type(m).__name__ for m in qmodel.modules()}
     assert "ConvReLU2d" in names and "LinearReLU" in names, names
     quantize_nodes = [
-        n for n in qmodel.graph.nodes if n.op == "call_function" and n.target is torch.quantize_per_tensor
+        n
+        for n in qmodel.graph.nodes
+        if n.op == "call_function" and n.target is torch.quantize_per_tensor
     ]
     dequantize_nodes = [n for n in qmodel.graph.nodes if n.target == "dequantize"]
     # Every op is quantized, residual add and pooling included: one quantize at the
@@ -194,7 +195,9 @@ def test_unsupported_config_is_rejected_before_any_work() -> None:
     assert "lstm (LSTM)" in msg and "weight.granularity='per_channel'" in msg
     assert "per_tensor" in msg and "fc" not in msg.split("\n")[1]
     emb = TinyTransformerBlock().eval()
-    with pytest.raises(aq.UnsupportedConfigError, match="approach='static' is not available for Embedding"):
+    with pytest.raises(
+        aq.UnsupportedConfigError, match="approach='static' is not available for Embedding"
+    ):
         aq.quantize(emb, {"embed": aq.static_int8()}, [torch.randint(0, 100, (2, 4))])
     qat = OpConfig(approach="qat", weight=QuantSpec(), activation=QuantSpec(dtype="uint8"))
     with pytest.raises(aq.UnsupportedConfigError, match="approach='qat'"):
@@ -203,7 +206,10 @@ def test_unsupported_config_is_rejected_before_any_work() -> None:
 
 def test_group_size_must_divide_features_and_error_suggests_sizes() -> None:
     model = nn.Sequential(nn.Linear(96, 32)).eval()
-    with pytest.raises(aq.UnsupportedConfigError, match=r"group_size=64 must divide the op's 96 input features; pick one of \[32\]"):
+    with pytest.raises(
+        aq.UnsupportedConfigError,
+        match=r"group_size=64 must divide the op's 96 input features; pick one of \[32\]",
+    ):
         aq.quantize(model, {"0": aq.weight_only("int4", group_size=64)})
 
 

@@ -13,7 +13,7 @@ from autoquant.errors import CalibrationError
 from autoquant.plan import Plan, PlanWarning, resolve_plan
 
 if TYPE_CHECKING:
-    from autoquant.calibrate import CalibrationStats
+    from autoquant.calibration import CalibrationStats
 
 __all__ = ["quantize", "quant_info"]
 
@@ -24,7 +24,7 @@ def quantize(
     calib_data: Iterable[Any] | None = None,
     backend: str | Backend = "x86",
     *,
-    stats: "CalibrationStats | None" = None,
+    stats: CalibrationStats | None = None,
     max_samples: int = 100,
 ) -> nn.Module:
     """Return a new model whose planned ops run quantized; ``model`` is never modified.
@@ -37,7 +37,7 @@ def quantize(
             tensors, ``(input, target)`` batches or dicts of keyword inputs. Only needed
             when the plan has static ops and ``stats`` is not given.
         backend: backend name (``"x86"``, ``"simulated"``) or instance.
-        stats: statistics from :func:`~autoquant.calibrate.calibrate`, reused instead of
+        stats: statistics from :func:`~autoquant.calibration.calibrate`, reused instead of
             running the calibration data again (the tuner calibrates once per study).
         max_samples: calibration samples used from ``calib_data`` (the usual 100).
 
@@ -51,14 +51,13 @@ def quantize(
     resolved = resolve_plan(plan, model)
     if not resolved.quantized:
         warnings.warn(
-            "the plan quantizes no op; the returned model is a float copy.", PlanWarning,
+            "the plan quantizes no op; the returned model is a float copy.",
+            PlanWarning,
             stacklevel=2,
         )
     # Reject configs the backend cannot run before calibrating or copying anything.
     be.check(resolved, model)
-    needs_stats = any(
-        cfg is not None and cfg.approach == "static" for cfg in resolved.values()
-    )
+    needs_stats = any(cfg is not None and cfg.approach == "static" for cfg in resolved.values())
     if needs_stats and stats is None:
         if calib_data is None:
             first = next(f for f, c in resolved.items() if c is not None and c.approach == "static")
@@ -66,7 +65,7 @@ def quantize(
                 f"op {first!r} is planned as approach='static', which needs calibration data: "
                 "pass calib_data= (an iterable of model inputs, ~100 samples) or stats=."
             )
-        from autoquant.calibrate import calibrate
+        from autoquant.calibration import calibrate
 
         stats = calibrate(model, calib_data, backend=be, max_samples=max_samples)
     return be.build(model, resolved, stats)

@@ -117,8 +117,9 @@ def _rnn_step_macs(module: nn.RNNBase) -> int:
     return total
 
 
-def _op_macs(module: nn.Module, op_type: str, args: tuple[Any, ...],
-             kwargs: Mapping[str, Any], output: Any) -> int:
+def _op_macs(
+    module: nn.Module, op_type: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], output: Any
+) -> int:
     """Per-sample MACs of one call of a quantizable op."""
     x = _first_tensor(args, kwargs)
     if op_type == "Embedding":
@@ -163,9 +164,13 @@ def _expectation(module: nn.Module) -> str:
     if isinstance(module, nn.Linear):
         return f"expects in_features={module.in_features} in the last input dim"
     if isinstance(module, nn.Conv1d):
-        return f"expects in_channels={module.in_channels}, input (batch, {module.in_channels}, length)"
+        return (
+            f"expects in_channels={module.in_channels}, input (batch, {module.in_channels}, length)"
+        )
     if isinstance(module, nn.Conv2d):
-        return f"expects in_channels={module.in_channels}, input (batch, {module.in_channels}, H, W)"
+        return (
+            f"expects in_channels={module.in_channels}, input (batch, {module.in_channels}, H, W)"
+        )
     if isinstance(module, nn.Embedding):
         return f"expects integer indices in [0, {module.num_embeddings})"
     if isinstance(module, nn.RNNBase):
@@ -237,8 +242,9 @@ def _measure(
     def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         running.append((names.get(id(module), "?"), module, args, kwargs))
 
-    def post_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
-                  output: Any) -> None:
+    def post_hook(
+        module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any
+    ) -> None:
         # Search from the end rather than pop(): a child whose exception the parent
         # caught leaves a stale entry above this module's one.
         for i in range(len(running) - 1, -1, -1):
@@ -316,7 +322,9 @@ def format_ops(ops: Sequence[OpInfo]) -> str:
     right = (False, False, False, True, True)  # numbers right-aligned so digits line up
 
     def line(row: tuple[str, ...]) -> str:
-        cells = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)]
+        cells = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)
+        ]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)

@@ -1,4 +1,4 @@
-"""Tests of autoquant.discover: op listing, per-sample MACs, errors, no side effects."""
+"""Tests of autoquant.discovery: op listing, per-sample MACs, errors, no side effects."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from _models import (
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from autoquant.discover import OpInfo, discover, format_ops
+from autoquant.discovery import OpInfo, discover, format_ops
 from autoquant.errors import PlanError
 
 
@@ -222,7 +222,9 @@ def _snapshot(model: nn.Module) -> tuple[dict[str, bool], dict[str, torch.Tensor
     return flags, state, hooks
 
 
-def _assert_same(model: nn.Module, before: tuple[dict[str, bool], dict[str, torch.Tensor], int]) -> None:
+def _assert_same(
+    model: nn.Module, before: tuple[dict[str, bool], dict[str, torch.Tensor], int]
+) -> None:
     flags, state, hooks = _snapshot(model)
     assert flags == before[0]
     assert hooks == before[2] == 0
@@ -251,7 +253,9 @@ def test_format_ops_table() -> None:
     text = format_ops(discover(ResidualCNN(), torch.randn(1, 1, 8, 8)))
     lines = text.splitlines()
     assert lines[0].split() == ["fqn", "type", "weight", "shape", "params", "MACs"]
-    assert any(line.startswith("conv1") and "16x16x3x3" in line and "147,456" in line for line in lines)
+    assert any(
+        line.startswith("conv1") and "16x16x3x3" in line and "147,456" in line for line in lines
+    )
     assert "total (4 ops)" in lines[-1]
     # Right-aligned numbers: every row has the same width up to the MACs column end.
     assert len({len(line) for line in lines if not line.startswith("-")}) == 1

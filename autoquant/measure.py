@@ -35,6 +35,9 @@ class LatencyStats:
         runs: number of timed calls (warm-up calls excluded).
         threads: intra-op threads torch used during the measurement.
         batch_size: size of dim 0 of the first input tensor, or None if there is none.
+        simulated_ops: ops of an autoquant-built model that ran as fake-quant on float
+            kernels. When not empty, this latency is NOT quantized speed and must not be
+            reported as such (:attr:`quantized_speed` is False).
     """
 
     median_ms: float
@@ -44,6 +47,12 @@ class LatencyStats:
     runs: int
     threads: int
     batch_size: int | None
+    simulated_ops: tuple[str, ...] = ()
+
+    @property
+    def quantized_speed(self) -> bool:
+        """True when every quantized op of the model ran on a real integer kernel."""
+        return not self.simulated_ops
 
 
 def _call(model: nn.Module, example_inputs: Any) -> Any:
@@ -139,6 +148,7 @@ def measure_latency(
         runs=len(times),
         threads=used_threads,
         batch_size=_batch_size(example_inputs),
+        simulated_ops=tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ())),
     )
 
 

@@ -148,3 +148,20 @@ def test_dynamic_lstm_is_walked_through_script_objects() -> None:
 
 def test_metadata_is_not_counted() -> None:
     assert size_bytes({"dtype": torch.qint8, "n": 3, "name": "x", "none": None}) == 0
+
+
+def test_latency_of_simulated_ops_is_flagged_not_quantized_speed() -> None:
+    import autoquant as aq
+    from autoquant.config import OpConfig, QuantSpec
+
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(4, 16)
+    real = aq.quantize(model, {"Linear": aq.dynamic_int8()})
+    int4_act = OpConfig(
+        approach="dynamic", weight=QuantSpec(dtype="int4"), activation=QuantSpec(dtype="uint4", scheme="asym")
+    )
+    sim = aq.quantize(model, {"0": int4_act})
+    assert measure_latency(real, x, repeats=3).quantized_speed
+    stats = measure_latency(sim, x, repeats=3)
+    assert stats.simulated_ops == ("0",) and not stats.quantized_speed
+    assert measure_latency(model, x, repeats=3).quantized_speed  # float: nothing simulated

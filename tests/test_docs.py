@@ -14,7 +14,9 @@ def test_feature_matrix_matches_the_capability_tables() -> None:
     from autoquant import capability_table
 
     text = README.read_text()
-    block = re.search(r"<!-- capability-table:start -->\n(.*?)\n<!-- capability-table:end -->", text, re.S)
+    block = re.search(
+        r"<!-- capability-table:start -->\n(.*?)\n<!-- capability-table:end -->", text, re.S
+    )
     assert block, "README lost its generated feature matrix"
     assert block.group(1).strip() == capability_table().strip(), (
         "README's feature matrix is stale: paste the output of "

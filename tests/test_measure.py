@@ -158,7 +158,9 @@ def test_latency_of_simulated_ops_is_flagged_not_quantized_speed() -> None:
     x = torch.randn(4, 16)
     real = aq.quantize(model, {"Linear": aq.dynamic_int8()})
     int4_act = OpConfig(
-        approach="dynamic", weight=QuantSpec(dtype="int4"), activation=QuantSpec(dtype="uint4", scheme="asym")
+        approach="dynamic",
+        weight=QuantSpec(dtype="int4"),
+        activation=QuantSpec(dtype="uint4", scheme="asym"),
     )
     sim = aq.quantize(model, {"0": int4_act})
     assert measure_latency(real, x, repeats=3).quantized_speed

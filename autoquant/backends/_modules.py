@@ -11,6 +11,7 @@ which the backend records in the model's metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Any
 
@@ -70,7 +71,12 @@ class QuantModule(nn.Module):
     kernel: str = ""
     simulated: bool = False
 
-    def _register_weight(self, q: torch.Tensor, qp: QParams, store_dtype: torch.dtype) -> None:
+    def _register_weight(
+        self, q: torch.Tensor, qp: QParams, store_dtype: torch.dtype, source: nn.Module
+    ) -> None:
+        """Integer weight, its qparams and the float bias of ``source`` as buffers."""
+        bias = getattr(source, "bias", None)
+        self.register_buffer("bias", None if bias is None else bias.detach().clone().float())
         self.register_buffer("weight_int", q.to(store_dtype))
         self.register_buffer("weight_scale", qp.scale.clone().float())
         # Zero points lie in [qmin, qmax]: store them at the weights' own width (a
@@ -92,6 +98,10 @@ class QuantModule(nn.Module):
 
     def _pack(self) -> None:
         """Rebuild kernel-specific packed weights from the buffers (no-op by default)."""
+
+    def _linear_prepack(self) -> Any:
+        qweight = to_torch_qtensor(self.weight_int, self.weight_qparams())
+        return torch.ops.quantized.linear_prepack(qweight, self.bias)
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
@@ -116,15 +126,11 @@ class DynamicLinear(QuantModule):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.reduce_range = reduce_range
-        self._register_weight(q, qp, torch.int8)
-        self.register_buffer(
-            "bias", None if linear.bias is None else linear.bias.detach().clone().float()
-        )
+        self._register_weight(q, qp, torch.int8, linear)
         self._pack()
 
     def _pack(self) -> None:
-        qweight = to_torch_qtensor(self.weight_int, self.weight_qparams())
-        self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+        self._packed = self._linear_prepack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
@@ -136,9 +142,10 @@ class _StaticBase(QuantModule):
     Used when the model cannot be traced: each op is its own quantized island.
     """
 
-    def _register_act(self, name: str, qp: QParams) -> None:
-        self.register_buffer(f"{name}_scale", qp.scale.reshape(()).clone().float())
-        self.register_buffer(f"{name}_zero_point", qp.zero_point.reshape(()).clone().long())
+    def _register_io(self, in_qp: QParams, out_qp: QParams) -> None:
+        for name, qp in (("input", in_qp), ("output", out_qp)):
+            self.register_buffer(f"{name}_scale", qp.scale.reshape(()).clone().float())
+            self.register_buffer(f"{name}_zero_point", qp.zero_point.reshape(()).clone().long())
 
     def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         return torch.quantize_per_tensor(
@@ -154,17 +161,12 @@ class StaticLinear(_StaticBase):
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self._register_weight(q, qp, torch.int8)
-        self.register_buffer(
-            "bias", None if linear.bias is None else linear.bias.detach().clone().float()
-        )
-        self._register_act("input", in_qp)
-        self._register_act("output", out_qp)
+        self._register_weight(q, qp, torch.int8, linear)
+        self._register_io(in_qp, out_qp)
         self._pack()
 
     def _pack(self) -> None:
-        qweight = to_torch_qtensor(self.weight_int, self.weight_qparams())
-        self._packed = torch.ops.quantized.linear_prepack(qweight, self.bias)
+        self._packed = self._linear_prepack()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qx = _quiet(self._quantize_input, x)
@@ -190,12 +192,8 @@ class StaticConv(_StaticBase):
         self.kernel = f"quantized::conv{self.dims}d"
         self.stride, self.padding = conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
-        self._register_weight(q, qp, torch.int8)
-        self.register_buffer(
-            "bias", None if conv.bias is None else conv.bias.detach().clone().float()
-        )
-        self._register_act("input", in_qp)
-        self._register_act("output", out_qp)
+        self._register_weight(q, qp, torch.int8, conv)
+        self._register_io(in_qp, out_qp)
         self._pack()
 
     def _pack(self) -> None:
@@ -225,10 +223,7 @@ class WeightOnlyInt8Linear(QuantModule):
     def __init__(self, linear: nn.Linear, q: torch.Tensor, qp: QParams) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self._register_weight(q, qp, torch.int8)
-        self.register_buffer(
-            "bias", None if linear.bias is None else linear.bias.detach().clone().float()
-        )
+        self._register_weight(q, qp, torch.int8, linear)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2, lead = _flatten_leading(x)
@@ -244,6 +239,23 @@ def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
     """[rows, 2k] ints in [0, 15] -> [rows, k] uint8, low nibble = even column."""
     q = q.to(torch.uint8)
     return q[:, 0::2] | (q[:, 1::2] << 4)
+
+
+def _as_nibbles(q: torch.Tensor, qp: QParams) -> tuple[torch.Tensor, QParams]:
+    """4-bit integers as packed unsigned nibbles plus matching qparams.
+
+    Signed int4 [-8, 7] shifts to [0, 15]; the zero point moves with it, so the values
+    represented do not change.
+    """
+    offset = -qp.qmin if qp.qmin < 0 else 0
+    shifted = dataclasses.replace(
+        qp,
+        zero_point=qp.zero_point + offset,
+        qmin=qp.qmin + offset,
+        qmax=qp.qmax + offset,
+        dtype="uint4",
+    )
+    return _pack_nibbles(q + offset), shifted
 
 
 def _unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
@@ -266,21 +278,7 @@ class WeightOnlyInt4Linear(QuantModule):
     def __init__(self, linear: nn.Linear, q: torch.Tensor, qp: QParams) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        # Signed int4 [-8, 7] shifts to the kernel's unsigned nibbles; the shift moves
-        # the zero point with it, so the represented values do not change.
-        offset = -qp.qmin if qp.qmin < 0 else 0
-        shifted = QParams(
-            scale=qp.scale,
-            zero_point=qp.zero_point + offset,
-            qmin=qp.qmin + offset,
-            qmax=qp.qmax + offset,
-            dtype="uint4",
-            group_size=qp.group_size,
-        )
-        self._register_weight(_pack_nibbles(q + offset), shifted, torch.uint8)
-        self.register_buffer(
-            "bias", None if linear.bias is None else linear.bias.detach().clone().float()
-        )
+        self._register_weight(*_as_nibbles(q, qp), torch.uint8, linear)
         self._pack()
 
     def _pack(self) -> None:
@@ -322,18 +320,9 @@ class WeightOnlyEmbedding(QuantModule):
         self.padding_idx = emb.padding_idx
         self.nibbles = qp.dtype in ("int4", "uint4")
         if self.nibbles:
-            offset = -qp.qmin if qp.qmin < 0 else 0
-            qp = QParams(
-                scale=qp.scale,
-                zero_point=qp.zero_point + offset,
-                qmin=qp.qmin + offset,
-                qmax=qp.qmax + offset,
-                dtype="uint4",
-                axis=qp.axis,
-            )
-            self._register_weight(_pack_nibbles(q + offset), qp, torch.uint8)
+            self._register_weight(*_as_nibbles(q, qp), torch.uint8, emb)
         else:
-            self._register_weight(q, qp, torch.int8 if qp.qmin < 0 else torch.uint8)
+            self._register_weight(q, qp, torch.int8 if qp.qmin < 0 else torch.uint8, emb)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = F.embedding(ids, self.weight_int)

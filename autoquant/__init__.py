@@ -45,6 +45,10 @@ _LAZY = {
     "capability_table": "autoquant.backends.base",
     "get_backend": "autoquant.backends",
     "register_backend": "autoquant.backends",
+    "tune": "autoquant.tuning",
+    "TuningConfig": "autoquant.tuning",
+    "TuningResult": "autoquant.tuning",
+    "GoalNotMetWarning": "autoquant.tuning",
 }
 
 __all__ = [
@@ -58,6 +62,7 @@ __all__ = [
     "capability_table",
     "ConfigError",
     "discover",
+    "GoalNotMetWarning",
     "dynamic_int8",
     "get_backend",
     "LatencyStats",
@@ -80,6 +85,9 @@ __all__ = [
     "size_bytes",
     "static_int8",
     "TensorStats",
+    "tune",
+    "TuningConfig",
+    "TuningResult",
     "UnsupportedConfigError",
     "weight_only",
 ]
@@ -109,3 +117,4 @@ if TYPE_CHECKING:
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save
     from autoquant.stats import TensorStats
+    from autoquant.tuning import GoalNotMetWarning, TuningConfig, TuningResult, tune

@@ -1,0 +1,513 @@
+"""``tune``: the accuracy-aware search loop on Optuna's ask/tell interface.
+
+One study per call. Before the first trial: discover the ops, build the space, calibrate
+once (only if the space holds static configs) and evaluate the float baseline once.
+Each trial: the strategy proposes parameters, the engine turns them into a plan, reuses
+the result of an identical plan if there is one, otherwise builds the candidate from the
+shared calibration statistics, runs the user's metric, measures latency and size, and
+records everything in the trial (user attrs, accuracy-loss constraint, objective
+values). At most the float model and one candidate are alive at a time: the best model
+is rebuilt from its plan at the end (builds are deterministic).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoquant.errors import AutoQuantError, ConfigError
+from autoquant.tuning.config import TuningConfig
+from autoquant.tuning.result import Metrics, TrialRecord, TuningResult
+from autoquant.tuning.space import FP32, SearchSpace
+from autoquant.tuning.strategies import SAMPLE, StrategyContext, get_strategy
+
+__all__ = ["tune", "GoalNotMetWarning", "TuningError", "Reporter"]
+
+log = logging.getLogger("autoquant.tuning")
+_CONSTRAINT = "accuracy_loss"
+
+
+class GoalNotMetWarning(UserWarning):
+    """No quantized model met the accuracy goal; the result holds the best one found."""
+
+
+class TuningError(AutoQuantError, RuntimeError):
+    """The search could not produce any quantized model (every trial failed)."""
+
+
+class _Prune(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Reporter:
+    """Passed to ``eval_fn(model, report)`` so it can send partial results.
+
+    Call ``report(value, fraction)`` after each batch with the metric on the data seen so
+    far and the share of the evaluation done (0-1]. The trial stops early when the
+    timeout has passed, or, with ``TuningConfig.metric_bounds`` set, when even a perfect
+    score on the remaining data could not meet the goal.
+    """
+
+    def __init__(
+        self, trial: Any, config: TuningConfig, baseline: float, deadline: float | None, multi: bool
+    ) -> None:
+        self._trial, self._config, self._baseline = trial, config, baseline
+        self._deadline, self._multi = deadline, multi
+        self.step = 0
+
+    def __call__(self, value: float, fraction: float | None = None) -> None:
+        self.step += 1
+        if not self._multi and math.isfinite(value):
+            self._trial.report(float(value), self.step)
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise _Prune("timeout during evaluation")
+        bound = self._config.metric_bounds
+        if bound is not None and fraction is not None and 0 < fraction < 1:
+            reachable = value * fraction + bound * (1 - fraction)
+            if not self._config.meets(self._baseline, reachable):
+                raise _Prune(
+                    f"cannot meet the goal: {value:.5g} on {fraction:.0%} of the data, at best "
+                    f"{reachable:.5g} overall, target {self._config.target(self._baseline):.5g}"
+                )
+
+
+def _takes_reporter(fn: Callable[..., Any]) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _first_inputs(calib_data: Iterable[Any]) -> Any:
+    from autoquant._data import iter_batches
+
+    for args, kwargs, _ in iter_batches(calib_data):
+        if kwargs:
+            return kwargs
+        return args[0] if len(args) == 1 else args
+    raise ConfigError("calib_data is empty; it is also where tune() takes its latency inputs.")
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    values = out.values() if isinstance(out, dict) else out
+    for v in values:
+        if isinstance(v, torch.Tensor):
+            return v
+    raise TypeError(f"model output {type(out).__name__} holds no tensor")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+class _Engine:
+    def __init__(
+        self,
+        model: nn.Module,
+        eval_fn: Callable[..., float],
+        calib_data: Iterable[Any] | None,
+        config: TuningConfig,
+        example_inputs: Any,
+    ) -> None:
+        from autoquant.backends import get_backend
+        from autoquant.discovery import discover
+
+        self.model, self.eval_fn, self.config = model, eval_fn, config
+        self.calib_data = calib_data
+        self.backend = get_backend(config.backend)
+        self.with_reporter = _takes_reporter(eval_fn)
+        self.start = time.monotonic()
+        self.deadline = None if config.timeout is None else self.start + config.timeout
+        self.ops = discover(model)
+        self.space = SearchSpace.build(
+            model, self.ops, self.backend, config, calibrated=calib_data is not None
+        )
+        self.example = (
+            example_inputs
+            if example_inputs is not None
+            else (_first_inputs(calib_data) if calib_data is not None else None)
+        )
+        if self.example is None:
+            raise ConfigError(
+                "tune() needs inputs to time the model: pass example_inputs= (or calib_data=)."
+            )
+        self.stats = None
+        self.calibration_passes = 0
+        if self.space.needs_calibration:
+            from autoquant.calibration import calibrate
+
+            self.stats = calibrate(
+                model, calib_data, backend=self.backend, max_samples=config.calib_samples
+            )
+            self.calibration_passes = 1
+        self.multi = config.objective == "latency+size"
+
+    # -- measuring ---------------------------------------------------------------------
+    def _evaluate(self, model: nn.Module, reporter: Reporter | None) -> float:
+        with torch.inference_mode():
+            value = self.eval_fn(model, reporter) if reporter is not None else self.eval_fn(model)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"eval_fn must return a number, but returned {value!r}") from None
+        return value
+
+    def _measure(self, model: nn.Module, accuracy: float, baseline: float | None) -> Metrics:
+        from autoquant.measure import measure_latency, size_bytes
+
+        lat = measure_latency(
+            model,
+            self.example,
+            threads=self.config.latency_threads,
+            warmup=self.config.latency_warmup,
+            repeats=self.config.latency_repeats,
+        )
+        loss = 0.0 if baseline is None else self.config.loss(baseline, accuracy)
+        return Metrics(
+            accuracy, loss, lat.median_ms, lat.p90_ms, size_bytes(model), lat.simulated_ops
+        )
+
+    def baseline(self) -> Metrics:
+        accuracy = self._evaluate(self.model, None)
+        if not math.isfinite(accuracy):
+            raise ConfigError(
+                f"eval_fn returned {accuracy} for the float model; it must be finite."
+            )
+        return self._measure(self.model, accuracy, None)
+
+    def build(self, plan: Any) -> nn.Module:
+        from autoquant.quantizer import quantize
+
+        with warnings.catch_warnings():
+            # Each trial would repeat the same build warnings; the first build showed them.
+            warnings.simplefilter("ignore")
+            return quantize(self.model, plan, backend=self.backend, stats=self.stats)
+
+    def sensitivity(self) -> dict[str, float]:
+        """Relative output error with one unit quantized at its default config."""
+        from autoquant._data import iter_batches
+
+        inputs: list[Any] = []
+        if self.calib_data is not None:
+            for args, kwargs, _ in iter_batches(
+                self.calib_data, max_samples=min(32, self.config.calib_samples)
+            ):
+                inputs.append(kwargs if kwargs else (args[0] if len(args) == 1 else args))
+        else:
+            inputs.append(self.example)
+        with torch.inference_mode():
+            reference = [_first_tensor(_call(self.model, x)).float() for x in inputs]
+        all_fp32 = {name: FP32 for name in self.space.unit_names}
+        scores: dict[str, float] = {}
+        for name, unit in self.space.units.items():
+            params = dict(all_fp32)
+            params[name] = unit.default
+            candidate = self.build(self.space.plan(params))
+            with torch.inference_mode():
+                err = sum(
+                    float((_first_tensor(_call(candidate, x)).float() - ref).pow(2).sum())
+                    for x, ref in zip(inputs, reference, strict=True)
+                )
+            norm = sum(float(ref.pow(2).sum()) for ref in reference) or 1.0
+            scores[name] = err / norm if math.isfinite(err) else math.inf
+            del candidate
+        return scores
+
+    # -- one trial ---------------------------------------------------------------------
+    def run_trial(self, trial: Any, number: int, baseline: Metrics) -> TrialRecord:
+        params = dict(trial.params)
+        plan = self.space.plan(params)
+        record = TrialRecord(number=number, params=params, plan=plan, state="error")
+        t0 = time.perf_counter()
+        candidate = None
+        try:
+            candidate = self.build(plan)
+            t1 = time.perf_counter()
+            reporter = (
+                Reporter(trial, self.config, baseline.accuracy, self.deadline, self.multi)
+                if self.with_reporter
+                else None
+            )
+            accuracy = self._evaluate(candidate, reporter)
+            t2 = time.perf_counter()
+            if not math.isfinite(accuracy):
+                raise FloatingPointError(f"eval_fn returned {accuracy}")
+            record.metrics = self._measure(candidate, accuracy, baseline.accuracy)
+            t3 = time.perf_counter()
+            record.timings = {"build_s": t1 - t0, "eval_s": t2 - t1, "measure_s": t3 - t2}
+            record.passed = self.config.meets(baseline.accuracy, accuracy)
+            record.state = "pass" if record.passed else "fail"
+        except _Prune as exc:
+            record.state, record.error = "pruned", exc.reason
+        except Exception as exc:  # noqa: BLE001 - a failing trial must not end the study
+            kind = "out of memory" if _is_oom(exc) else type(exc).__name__
+            tb = traceback.extract_tb(exc.__traceback__)
+            where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+            record.state, record.error = "error", f"{kind}: {exc}{where}"
+        finally:
+            # Drop the candidate before the next one is built: float model + one candidate.
+            del candidate
+        record.timings["total_s"] = time.perf_counter() - t0
+        return record
+
+    def objective_values(self, m: Metrics) -> list[float]:
+        if self.config.objective == "size":
+            return [float(m.size_bytes)]
+        if self.multi:
+            return [m.latency_ms, float(m.size_bytes)]
+        return [m.latency_ms]
+
+
+def _tell(study: Any, trial: Any, record: TrialRecord, engine: _Engine) -> None:
+    import optuna
+
+    trial.set_user_attr("plan_hash", record.plan_hash)
+    trial.set_user_attr("state", record.state)
+    trial.set_user_attr("fp32_ops", [f for f, c in record.plan.items() if c is None])
+    if record.cached_from is not None:
+        trial.set_user_attr("cached_from", record.cached_from)
+    if record.error:
+        trial.set_user_attr("error", record.error[:2000])
+    if record.metrics is None:
+        pruned = record.state in ("pruned", "skipped")
+        state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL
+        study.tell(trial, state=state)
+        return
+    trial.set_user_attr("metrics", record.metrics.to_dict())
+    trial.set_user_attr("timings", record.timings)
+    trial.set_user_attr("plan", record.plan.to_dict())
+    trial.set_constraint(_CONSTRAINT, record.metrics.loss - engine.config.tolerable_loss)
+    study.tell(trial, engine.objective_values(record.metrics))
+
+
+def _pareto(records: list[TrialRecord], objective: str) -> list[TrialRecord]:
+    """Non-dominated evaluated trials over (loss, latency[, size])."""
+    pts = [r for r in records if r.metrics is not None and r.cached_from is None]
+
+    def key(r: TrialRecord) -> tuple[float, ...]:
+        m = r.metrics
+        assert m is not None
+        if objective == "size":
+            return (m.loss, float(m.size_bytes))
+        if objective == "latency":
+            return (m.loss, m.latency_ms)
+        return (m.loss, m.latency_ms, float(m.size_bytes))
+
+    front = []
+    for r in pts:
+        kr = key(r)
+        dominated = any(
+            all(a <= b for a, b in zip(key(o), kr, strict=True)) and key(o) != kr for o in pts
+        )
+        if not dominated:
+            front.append(r)
+    return sorted(front, key=key)
+
+
+def tune(
+    model: nn.Module,
+    eval_fn: Callable[..., float],
+    *,
+    calib_data: Iterable[Any] | None,
+    config: TuningConfig | None = None,
+    example_inputs: Any = None,
+) -> TuningResult:
+    """Search per-op quantization configs for the fastest model that meets the goal.
+
+    Args:
+        model: the float model (never modified).
+        eval_fn: ``eval_fn(model) -> float``, the user's metric on their validation data.
+            A two-argument ``eval_fn(model, report)`` receives a :class:`Reporter` and may
+            call ``report(value_so_far, fraction_done)`` per batch, so hopeless trials
+            stop early.
+        calib_data: model inputs for calibration (``TuningConfig.calib_samples`` of them
+            are used, once); None restricts the space to dynamic and weight-only.
+        config: the goal, objective, strategy, budget and space.
+        example_inputs: inputs for latency measurement (default: the first calibration
+            batch).
+    """
+    import optuna
+
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, but got {type(model).__name__}.")
+    if not callable(eval_fn):
+        raise TypeError(
+            f"eval_fn must be callable as eval_fn(model) -> float, but got {eval_fn!r}."
+        )
+    config = config or TuningConfig()
+    engine = _Engine(model, eval_fn, calib_data, config, example_inputs)
+    log.info("%s", engine.space.describe())
+    baseline = engine.baseline()
+    log.info(
+        "fp32 baseline: accuracy %.6g, latency %.3f ms, %d bytes",
+        baseline.accuracy,
+        baseline.latency_ms,
+        baseline.size_bytes,
+    )
+
+    strategy = get_strategy(config.strategy)(
+        StrategyContext(engine.space, config, baseline, engine.sensitivity)
+    )
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(
+            directions=["minimize"] * (2 if engine.multi else 1), sampler=strategy.sampler()
+        )
+        study.set_user_attr("baseline", baseline.to_dict())
+        study.set_user_attr(
+            "config",
+            {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()},
+        )
+        records, stop = _search(engine, strategy, study, baseline)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return _result(engine, study, records, baseline, stop)
+
+
+def _search(
+    engine: _Engine, strategy: Any, study: Any, baseline: Metrics
+) -> tuple[list[TrialRecord], str]:
+    config = engine.config
+    records: list[TrialRecord] = []
+    seen: dict[str, TrialRecord] = {}
+    evaluations = errors = 0
+    max_asks = 10 * config.max_trials + 50
+    steps = strategy.steps()
+    try:
+        proposal = next(steps)
+    except StopIteration:
+        return records, "strategy proposed nothing"
+    distributions = engine.space.distributions()
+    while True:
+        if evaluations >= config.max_trials:
+            return records, "max_trials"
+        if engine.deadline is not None and time.monotonic() >= engine.deadline:
+            return records, "timeout"
+        if len(records) >= max_asks:
+            return records, "no new plans (the sampler keeps proposing evaluated ones)"
+        if proposal is not SAMPLE:
+            study.enqueue_trial(proposal)
+        trial = study.ask(distributions)
+        plan = engine.space.plan(trial.params)
+        previous = seen.get(plan.hash)
+        if not plan.quantized:
+            record = TrialRecord(
+                len(records),
+                dict(trial.params),
+                plan,
+                "skipped",
+                error="the all-float plan is the baseline, not a result",
+            )
+        elif previous is not None:
+            record = TrialRecord(
+                len(records),
+                dict(trial.params),
+                plan,
+                "cached",
+                metrics=previous.metrics,
+                error=previous.error,
+                cached_from=previous.number,
+                passed=previous.passed,
+            )
+        else:
+            record = engine.run_trial(trial, len(records), baseline)
+            evaluations += 1
+            errors += record.state == "error"
+            seen[plan.hash] = record
+        _tell(study, trial, record, engine)
+        records.append(record)
+        _log_trial(record, evaluations, config)
+        if evaluations >= 4 and errors / evaluations > config.max_failure_rate:
+            return (
+                records,
+                f"failure rate {errors}/{evaluations} above max_failure_rate={config.max_failure_rate}",
+            )
+        if record.passed and config.stop_on_first_pass:
+            return records, "first pass"
+        try:
+            proposal = steps.send(record)
+        except StopIteration:
+            return records, "strategy finished"
+
+
+def _log_trial(record: TrialRecord, evaluations: int, config: TuningConfig) -> None:
+    m = record.metrics
+    detail = record.error or ""
+    if m is not None:
+        detail = f"accuracy {m.accuracy:.6g} loss {m.loss:+.4f} latency {m.latency_ms:.3f} ms"
+    fp32 = sum(c is None for c in record.plan.values())
+    log.info(
+        "trial %d (%d/%d evaluated) %s: %s, %d ops fp32",
+        record.number,
+        evaluations,
+        config.max_trials,
+        record.state,
+        detail,
+        fp32,
+    )
+
+
+def _result(
+    engine: _Engine, study: Any, records: list[TrialRecord], baseline: Metrics, stop: str
+) -> TuningResult:
+    config = engine.config
+    scored = [r for r in records if r.metrics is not None and r.cached_from is None]
+    if not scored:
+        errors = "; ".join(sorted({r.error or r.state for r in records})[:5])
+        raise TuningError(
+            f"no trial produced a quantized model ({len(records)} trials, stopped: {stop}). "
+            f"Errors: {errors or 'none recorded'}. Raise max_trials/timeout or fix the errors."
+        )
+    passing = [r for r in scored if r.passed]
+    if passing:
+        best = min(passing, key=lambda r: tuple(engine.objective_values(r.metrics)))  # type: ignore[arg-type]
+    else:
+        best = min(scored, key=lambda r: (r.metrics.loss, r.metrics.latency_ms))  # type: ignore[union-attr]
+        message = (
+            f"no quantized model met the goal ({config.criterion} loss <= {config.tolerable_loss:g}); "
+            f"returning the most accurate one found (trial {best.number}, loss "
+            f"{best.metrics.loss:.4g}). Loosen tolerable_loss, widen the search, or raise max_trials."  # type: ignore[union-attr]
+        )
+        warnings.warn(message, GoalNotMetWarning, stacklevel=3)
+        log.warning("%s", message)
+    assert best.metrics is not None
+    return TuningResult(
+        met=bool(passing),
+        baseline=baseline,
+        best=best.metrics,
+        best_model=engine.build(best.plan),
+        best_plan=best.plan,
+        best_trial=best.number,
+        trials=records,
+        study=study,
+        config=config,
+        pareto=_pareto(records, config.objective),
+        n_evaluations=sum(r.evaluated for r in records),
+        calibration_passes=engine.calibration_passes,
+        elapsed_s=time.monotonic() - engine.start,
+        stopped_because=stop,
+    )

@@ -1,0 +1,282 @@
+"""The search space: for each op (or op type), the configs its backend can run, plus fp32.
+
+Built from the backend's capability table and the model's ops, never from a list typed
+by hand, so what is searched is exactly what can be built. Each *unit* of the space is
+one Optuna categorical parameter: an op's FQN (``tie="op"``) or an op type
+(``tie="op_type"``). Choices are ordered: the unit's default config first (the first of
+``TuningConfig.approaches`` the op supports, as its preset), then the alternatives, and
+``fp32`` last.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
+from autoquant.errors import ConfigError
+
+if TYPE_CHECKING:
+    import optuna
+    from torch import nn
+
+    from autoquant.backends.base import Backend, SpecSupport
+    from autoquant.discovery import OpInfo
+    from autoquant.plan import Plan
+    from autoquant.tuning.config import TuningConfig
+
+__all__ = ["FP32", "SearchSpace"]
+
+FP32 = "fp32"
+_PRESETS = {"static": static_int8, "dynamic": dynamic_int8, "weight_only": weight_only}
+
+
+def _fit(spec: QuantSpec, support: SpecSupport) -> QuantSpec | None:
+    """``spec`` moved onto the nearest values ``support`` allows (first allowed value)."""
+    changes: dict[str, Any] = {}
+    for field, allowed in (
+        ("dtype", support.dtypes),
+        ("scheme", support.schemes),
+        ("granularity", support.granularities),
+        ("observer", support.observers),
+        ("reduce_range", support.reduce_range),
+    ):
+        if getattr(spec, field) not in allowed:
+            changes[field] = allowed[0]
+    gran = changes.get("granularity", spec.granularity)
+    if gran == "per_group":
+        changes["group_size"] = (
+            spec.group_size if spec.group_size in support.group_sizes else support.group_sizes[0]
+        )
+    else:
+        changes["group_size"] = None
+    try:
+        return dataclasses.replace(spec, **changes)
+    except ConfigError:
+        return None
+
+
+def _variants(
+    base: QuantSpec, support: SpecSupport, dims: dict[str, tuple[Any, ...]]
+) -> list[QuantSpec]:
+    """Every spec that varies ``base`` along ``dims`` within what ``support`` allows."""
+    names = [d for d in dims if dims[d]]
+    # The base's own value first in every dimension, so the first variant is the base.
+    ordered = [sorted(dims[d], key=lambda v, d=d: v != getattr(base, d)) for d in names]
+    out: list[QuantSpec] = []
+    for values in itertools.product(*ordered):
+        changes = dict(zip(names, values, strict=True))
+        if changes.get("granularity", base.granularity) == "per_group":
+            changes.setdefault("group_size", base.group_size or support.group_sizes[0])
+        elif "granularity" in changes:
+            changes["group_size"] = None
+        try:
+            spec = dataclasses.replace(base, **changes)
+        except ConfigError:
+            continue
+        if support.mismatch("spec", spec) is None and spec not in out:
+            out.append(spec)
+    return out
+
+
+def _candidates(
+    module: nn.Module, op_type: str, backend: Backend, config: TuningConfig, calibrated: bool
+) -> list[OpConfig]:
+    """Configs ``backend`` can run on this module, default first."""
+    out: list[OpConfig] = []
+    search = set(config.search)
+    approaches = [a for a in config.approaches if calibrated or a != "static"]
+    if "approach" not in search:
+        approaches = approaches[:1]
+    for approach in approaches:
+        caps = [
+            c
+            for c in backend.capabilities()
+            if op_type in c.op_types
+            and c.approach == approach
+            and (config.include_simulated or not c.simulated)
+        ]
+        preset = _PRESETS[approach]()
+        for cap in caps:
+            weight = _fit(preset.weight, cap.weight)
+            if weight is None:
+                continue
+            if "dtype" not in search and weight.dtype != preset.weight.dtype:
+                continue  # another dtype's kernel; only searched when dtype is
+            w_dims: dict[str, tuple[Any, ...]] = {}
+            if "dtype" in search:
+                w_dims["dtype"] = cap.weight.dtypes
+            if "granularity" in search:
+                w_dims["granularity"] = cap.weight.granularities
+            if "scheme" in search and cap.activation is None:
+                w_dims["scheme"] = cap.weight.schemes
+            weights = _variants(weight, cap.weight, w_dims)
+            acts: list[QuantSpec | None] = [None]
+            if cap.activation is not None and preset.activation is not None:
+                act = _fit(preset.activation, cap.activation)
+                if act is None:
+                    continue
+                a_dims: dict[str, tuple[Any, ...]] = {}
+                if "scheme" in search:
+                    a_dims["scheme"] = cap.activation.schemes
+                if "observer" in search and approach == "static":
+                    a_dims["observer"] = tuple(
+                        o for o in config.observers if o in cap.activation.observers
+                    )
+                if "reduce_range" in search:
+                    a_dims["reduce_range"] = cap.activation.reduce_range
+                if "dtype" in search:
+                    a_dims["dtype"] = cap.activation.dtypes
+                acts = list(_variants(act, cap.activation, a_dims))
+            for w, a in itertools.product(weights, acts):
+                try:
+                    cfg = OpConfig(approach=approach, weight=w, activation=a)
+                except ConfigError:
+                    continue
+                found = backend.find(op_type, cfg)
+                if found is None or (found.simulated and not config.include_simulated):
+                    continue
+                if backend.module_problem(module, cfg, found) is None and cfg not in out:
+                    out.append(cfg)
+    return out
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One categorical parameter: the ops it sets and the labelled choices."""
+
+    name: str
+    fqns: tuple[str, ...]
+    op_type: str
+    labels: tuple[str, ...]
+    configs: tuple[OpConfig | None, ...]
+
+    @property
+    def default(self) -> str:
+        return self.labels[0]
+
+
+class SearchSpace:
+    """Per-unit choices of op configs (plus fp32) over a model's quantizable ops."""
+
+    def __init__(self, ops: list[OpInfo], units: list[Unit], tie: str) -> None:
+        self.ops = ops
+        self.units = {u.name: u for u in units}
+        self.tie = tie
+        self._op_types = {op.fqn: op.op_type for op in ops}
+        self._unit_of = {fqn: u.name for u in units for fqn in u.fqns}
+
+    @classmethod
+    def build(
+        cls,
+        model: nn.Module,
+        ops: list[OpInfo],
+        backend: Backend,
+        config: TuningConfig,
+        *,
+        calibrated: bool,
+    ) -> SearchSpace:
+        per_op: dict[str, list[OpConfig]] = {}
+        for op in ops:
+            per_op[op.fqn] = _candidates(
+                model.get_submodule(op.fqn), op.op_type, backend, config, calibrated
+            )
+        groups: dict[str, list[str]] = {}
+        for op in ops:
+            if not per_op[op.fqn]:
+                continue  # nothing runs it: the op stays float and is not searched
+            key = op.fqn if config.tie == "op" else op.op_type
+            groups.setdefault(key, []).append(op.fqn)
+        units = []
+        for name, fqns in groups.items():
+            common = [c for c in per_op[fqns[0]] if all(c in per_op[f] for f in fqns[1:])]
+            if not common:
+                continue
+            labels = [c.short() for c in common]
+            if len(set(labels)) != len(labels):  # pragma: no cover - short() is injective here
+                labels = [f"{i}:{lab}" for i, lab in enumerate(labels)]
+            units.append(
+                Unit(
+                    name=name,
+                    fqns=tuple(fqns),
+                    op_type=next(o.op_type for o in ops if o.fqn == fqns[0]),
+                    labels=(*labels, FP32),
+                    configs=(*common, None),
+                )
+            )
+        if not units:
+            raise ConfigError(
+                f"no op of this model can be quantized with backend {backend.name!r} under "
+                f"search={config.search}, approaches={config.approaches} (static needs "
+                "calibration data). Widen the search or check autoquant.capability_table()."
+            )
+        return cls(ops, units, config.tie)
+
+    # -- views -------------------------------------------------------------------------
+    @property
+    def unit_names(self) -> list[str]:
+        return list(self.units)
+
+    def __len__(self) -> int:
+        return len(self.units)
+
+    @property
+    def log10_size(self) -> float:
+        return sum(math.log10(len(u.labels)) for u in self.units.values())
+
+    @property
+    def needs_calibration(self) -> bool:
+        return any(
+            c is not None and c.approach == "static" for u in self.units.values() for c in u.configs
+        )
+
+    def distributions(self) -> dict[str, optuna.distributions.CategoricalDistribution]:
+        from optuna.distributions import CategoricalDistribution
+
+        return {name: CategoricalDistribution(list(u.labels)) for name, u in self.units.items()}
+
+    def default_params(self) -> dict[str, str]:
+        """Every unit at its default config: the first trial of most strategies."""
+        return {name: u.default for name, u in self.units.items()}
+
+    def with_fp32(self, params: Mapping[str, str], units: list[str] | set[str]) -> dict[str, str]:
+        out = dict(params)
+        for name in units:
+            out[name] = FP32
+        return out
+
+    def fp32_units(self, params: Mapping[str, str]) -> list[str]:
+        return [name for name, label in params.items() if label == FP32]
+
+    # -- params <-> plan ---------------------------------------------------------------
+    def plan(self, params: Mapping[str, str]) -> Plan:
+        """The resolved plan for one choice per unit; ops outside the space stay float."""
+        from autoquant.plan import Plan
+
+        configs: dict[str, OpConfig | None] = {op.fqn: None for op in self.ops}
+        for name, unit in self.units.items():
+            label = params.get(name, unit.default)
+            try:
+                cfg = unit.configs[unit.labels.index(label)]
+            except ValueError:
+                raise ConfigError(
+                    f"unit {name!r} has no choice {label!r}; its choices are {list(unit.labels)}."
+                ) from None
+            for fqn in unit.fqns:
+                configs[fqn] = cfg
+        return Plan(configs, self._op_types)
+
+    def describe(self) -> str:
+        lines = [
+            f"search space: {len(self.units)} units (tie={self.tie}), "
+            f"10^{self.log10_size:.1f} plans"
+        ]
+        for name, u in self.units.items():
+            lines.append(
+                f"  {name:<28} {u.op_type:<10} {len(u.labels)} choices, default {u.default}"
+            )
+        return "\n".join(lines)

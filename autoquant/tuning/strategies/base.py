@@ -1,0 +1,158 @@
+"""Strategy extension point: a strategy proposes plans; the engine evaluates them.
+
+A strategy is a generator (:meth:`Strategy.steps`) that yields the next parameters to
+try (one label per unit of the search space) and receives the
+:class:`~autoquant.tuning.result.TrialRecord` of that try. Yielding :data:`SAMPLE` hands
+the choice to the strategy's Optuna sampler; returning ends the search. Deterministic
+orders (INC's basic, sensitivity) and Optuna's samplers fit the same loop, share the
+trial cache, and are recorded in the same study.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    import optuna
+
+    from autoquant.tuning.config import TuningConfig
+    from autoquant.tuning.result import Metrics, TrialRecord
+    from autoquant.tuning.space import SearchSpace
+
+__all__ = [
+    "SAMPLE",
+    "Strategy",
+    "StrategyContext",
+    "Steps",
+    "register_strategy",
+    "get_strategy",
+    "available_strategies",
+]
+
+
+class _Sample:
+    def __repr__(self) -> str:
+        return "SAMPLE"
+
+
+SAMPLE = _Sample()
+Proposal = dict[str, str] | _Sample
+Steps = Generator[Proposal, "TrialRecord", None]
+
+
+class StrategyContext:
+    """What a strategy may read: the space, the goal, the baseline, cheap sensitivities."""
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        config: TuningConfig,
+        baseline: Metrics,
+        sensitivity: Callable[[], dict[str, float]],
+    ) -> None:
+        self.space = space
+        self.config = config
+        self.baseline = baseline
+        self._sensitivity = sensitivity
+        self._scores: dict[str, float] | None = None
+
+    def sensitivity(self) -> dict[str, float]:
+        """Per-unit score, higher = more sensitive: output error on calibration data
+        when only that unit is quantized (its default config). Computed once, cached;
+        no full evaluation is spent on it."""
+        if self._scores is None:
+            self._scores = self._sensitivity()
+        return self._scores
+
+
+class Strategy(ABC):
+    """Base class of tuning strategies."""
+
+    name: ClassVar[str]
+
+    def __init__(self, context: StrategyContext) -> None:
+        self.context = context
+        self.space = context.space
+        self.config = context.config
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        """The sampler that answers :data:`SAMPLE` (and is seeded for replay)."""
+        import optuna
+
+        return optuna.samplers.RandomSampler(seed=self.config.seed)
+
+    @abstractmethod
+    def steps(self) -> Steps:
+        """Yield parameters (or SAMPLE), receive each trial's record; return to stop."""
+
+    # -- helpers shared by strategies --------------------------------------------------
+    def better(self, new: TrialRecord, old: TrialRecord | None) -> bool:
+        """Passing beats failing; among passing, the objective; among failing, accuracy."""
+        if new.metrics is None:
+            return False
+        if old is None or old.metrics is None:
+            return True
+        if new.passed != old.passed:
+            return new.passed
+        if new.passed:
+            # Latency is noisy: a change must win by a clear margin to be kept.
+            margin = 0.0 if self.config.objective == "size" else self.config.min_latency_gain
+            return _objective(new, self.config.objective) < _objective(
+                old, self.config.objective
+            ) * (1 - margin)
+        return new.metrics.loss < old.metrics.loss
+
+    def speed_refinement(self, params: dict[str, str], record: TrialRecord) -> Steps:
+        """Once a plan passes: keep an op in fp32 where that is faster and still passes.
+
+        Quantized kernels are not always faster (tiny layers pay quantize/dequantize,
+        some weight-only kernels are slower than fp32), so this is measured, op by op,
+        smallest ops first, within the trial budget.
+        """
+        macs = {op.fqn: op.macs or op.n_params for op in self.space.ops}
+        order = sorted(
+            (u for u in self.space.unit_names if params[u] != "fp32"),
+            key=lambda u: sum(macs[f] for f in self.space.units[u].fqns),
+        )
+        best_params, best = dict(params), record
+        for unit in order:
+            candidate = self.space.with_fp32(best_params, [unit])
+            if not any(v != "fp32" for v in candidate.values()):
+                continue
+            rec = yield candidate
+            if rec.passed and self.better(rec, best):
+                best_params, best = candidate, rec
+        return None
+
+
+def _objective(rec: TrialRecord, objective: str) -> float:
+    assert rec.metrics is not None
+    if objective == "size":
+        return float(rec.metrics.size_bytes)
+    return rec.metrics.latency_ms
+
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Class decorator adding a strategy under its ``name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_strategies() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        from autoquant.errors import ConfigError
+
+        raise ConfigError(
+            f"strategy must be one of {available_strategies()}, but got {name!r}."
+        ) from None

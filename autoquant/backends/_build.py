@@ -14,7 +14,24 @@ from autoquant.qparams import QParams, quantize
 if TYPE_CHECKING:
     from autoquant.calibration import CalibrationStats
 
-__all__ = ["set_submodule", "quantized_weight", "calibrated_qparams", "simulated_op"]
+__all__ = ["copy_model", "set_submodule", "quantized_weight", "calibrated_qparams", "simulated_op"]
+
+
+def copy_model(model: nn.Module, replaced: list[str], share_float: bool) -> nn.Module:
+    """Deep copy of ``model`` for a build that replaces the ops in ``replaced``.
+
+    The replaced ops are not copied (a placeholder stands in until they are swapped);
+    with ``share_float`` the float tensors of everything else are referenced, not copied.
+    """
+    import copy
+
+    memo: dict[int, object] = {}
+    for fqn in replaced:
+        memo[id(model.get_submodule(fqn))] = nn.Identity()
+    if share_float:
+        for t in (*model.parameters(), *model.buffers()):
+            memo[id(t)] = t
+    return copy.deepcopy(model, memo)
 
 
 def set_submodule(root: nn.Module, fqn: str, new: nn.Module) -> None:

@@ -9,7 +9,7 @@ Adding a backend is one new module with one ``Backend`` subclass decorated with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from autoquant.config import OpConfig, QuantSpec
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from autoquant.plan import Plan
 
 __all__ = [
+    "BuildReuse",
     "SpecSupport",
     "Capability",
     "QuantizedModelInfo",
@@ -59,10 +60,10 @@ class SpecSupport:
             checks.append(("axis", self.axes))
         if spec.granularity == "per_group":
             checks.append(("group_size", self.group_sizes))
-        for field, allowed in checks:
-            value = getattr(spec, field)
+        for name, allowed in checks:
+            value = getattr(spec, name)
             if value not in allowed:
-                return f"{side}.{field}={value!r} (allowed: {list(allowed)})"
+                return f"{side}.{name}={value!r} (allowed: {list(allowed)})"
         return None
 
 
@@ -113,6 +114,20 @@ class QuantizedModelInfo:
     simulated: tuple[str, ...]
     stat_keys: tuple[str, ...]
     notes: tuple[str, ...] = ()
+
+
+@dataclass
+class BuildReuse:
+    """Lets repeated builds of one float model share what does not change between them.
+
+    With it, a build references (does not copy) the float tensors of ops that stay
+    float, and reuses the quantized module built earlier for the same (op, config).
+    Models built this way share tensors with the float model and with each other, so
+    they must be used read-only, one at a time: exactly the tuner's trial candidates.
+    """
+
+    modules: dict[tuple[str, OpConfig], nn.Module] = field(default_factory=dict)
+    hits: int = 0
 
 
 class Backend(ABC):
@@ -190,8 +205,14 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def build(self, model: nn.Module, plan: Plan, stats: CalibrationStats | None) -> nn.Module:
-        """Return a new quantized model; ``model`` must not be modified."""
+    def build(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        stats: CalibrationStats | None,
+        reuse: BuildReuse | None = None,
+    ) -> nn.Module:
+        """Return a new quantized model; ``model`` must not be modified (see BuildReuse)."""
 
 
 _REGISTRY: dict[str, type[Backend]] = {}

@@ -7,13 +7,18 @@ op it builds is marked simulated, so no latency from it is ever reported as quan
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from autoquant.backends._build import set_submodule, simulated_op
-from autoquant.backends.base import Backend, Capability, QuantizedModelInfo, register_backend
+from autoquant.backends._build import copy_model, set_submodule, simulated_op
+from autoquant.backends.base import (
+    Backend,
+    BuildReuse,
+    Capability,
+    QuantizedModelInfo,
+    register_backend,
+)
 from autoquant.errors import CalibrationError
 
 if TYPE_CHECKING:
@@ -32,18 +37,24 @@ class SimulatedBackend(Backend):
 
         return [c for c in _CAPABILITIES if c.simulated]
 
-    def build(self, model: nn.Module, plan: Plan, stats: CalibrationStats | None) -> nn.Module:
+    def build(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        stats: CalibrationStats | None,
+        reuse: BuildReuse | None = None,
+    ) -> nn.Module:
         self.check(plan, model)
         quantized = [f for f, c in plan.items() if c is not None]
         if stats is None and any(plan[f].approach == "static" for f in quantized):
             raise CalibrationError(
                 "static ops need calibration data: pass calib_data= to quantize()."
             )
-        qmodel = copy.deepcopy(model)
+        qmodel = copy_model(model, quantized, share_float=reuse is not None)
         kernels, keys = {}, []
         for fqn in quantized:
             cfg = plan[fqn]
-            set_submodule(qmodel, fqn, simulated_op(qmodel.get_submodule(fqn), cfg, fqn, stats))
+            set_submodule(qmodel, fqn, simulated_op(model.get_submodule(fqn), cfg, fqn, stats))
             kernels[fqn] = self.find(plan.op_types[fqn], cfg).kernel
             if cfg.approach == "static":
                 keys.append(f"in:{fqn}")

@@ -21,6 +21,7 @@ from torch import nn
 
 from autoquant.backends._build import (
     calibrated_qparams,
+    copy_model,
     quantized_weight,
     set_submodule,
     simulated_op,
@@ -36,6 +37,7 @@ from autoquant.backends._modules import (
 )
 from autoquant.backends.base import (
     Backend,
+    BuildReuse,
     Capability,
     QuantizedModelInfo,
     SpecSupport,
@@ -439,7 +441,13 @@ class X86Backend(Backend):
         except Exception:  # noqa: BLE001 - any tracing failure means "use module mode"
             return None
 
-    def build(self, model: nn.Module, plan: Plan, stats: CalibrationStats | None) -> nn.Module:
+    def build(
+        self,
+        model: nn.Module,
+        plan: Plan,
+        stats: CalibrationStats | None,
+        reuse: BuildReuse | None = None,
+    ) -> nn.Module:
         self._require_engine()
         self.check(plan, model)
         caps: dict[str, Capability] = {}
@@ -479,7 +487,7 @@ class X86Backend(Backend):
             qmodel = self._convert_fx(model, plan, fx_ops, stats, used_keys, kernels)
             mode = "graph"
         else:
-            qmodel = copy.deepcopy(model)
+            qmodel = copy_model(model, list(caps), share_float=reuse is not None)
             mode = "module" if fx_ops else "eager"
             if fx_ops:
                 notes.append(
@@ -490,11 +498,24 @@ class X86Backend(Backend):
         for fqn, cap in caps.items():
             if fqn in fx_ops:
                 continue
-            target = fqn
-            if _is_fused_float(qmodel.get_submodule(fqn)):
+            target, source = fqn, model.get_submodule(fqn)
+            if mode == "graph" and _is_fused_float(qmodel.get_submodule(fqn)):
+                # torch.fx fused it with its ReLU (and folded BN): swap the op inside.
                 target = f"{fqn}.0"
-            module = qmodel.get_submodule(target)
-            new = self._replace(module, fqn, plan[fqn], cap, stats, used_keys)
+                source = qmodel.get_submodule(target)
+            key = (fqn, plan[fqn])
+            reusable = reuse is not None and target == fqn
+            new = reuse.modules.get(key) if reusable else None
+            if new is not None:
+                reuse.hits += 1
+            else:
+                new = self._replace(source, fqn, plan[fqn], cap, stats)
+                if reusable:
+                    reuse.modules[key] = new
+            if cap.simulated and cap.approach == "static":
+                used_keys.append(f"in:{fqn}")
+            elif cap.approach == "static":
+                used_keys += [f"in:{fqn}", f"out:{fqn}"]
             set_submodule(qmodel, target, new)
             kernels[fqn] = cap.kernel
         qmodel.eval()
@@ -574,11 +595,8 @@ class X86Backend(Backend):
         cfg: OpConfig,
         cap: Capability,
         stats: CalibrationStats | None,
-        used_keys: list[str],
     ) -> nn.Module:
         if cap.simulated:
-            if cfg.approach == "static":
-                used_keys.append(f"in:{fqn}")
             return simulated_op(module, cfg, fqn, stats)
         if isinstance(module, (nn.LSTM, nn.GRU)):
             return self._dynamic_rnn(module, cfg)
@@ -604,7 +622,6 @@ class X86Backend(Backend):
         # static, model not traceable: one quantized island per op
         in_qp = calibrated_qparams(stats, f"in:{fqn}", cfg, fqn)
         out_qp = calibrated_qparams(stats, f"out:{fqn}", cfg, fqn)
-        used_keys += [f"in:{fqn}", f"out:{fqn}"]
         if isinstance(module, nn.Linear):
             return StaticLinear(module, q, qp, in_qp, out_qp)
         return StaticConv(module, q, qp, in_qp, out_qp)

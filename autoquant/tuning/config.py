@@ -24,6 +24,13 @@ SEARCH_DIMENSIONS = ("approach", "dtype", "scheme", "granularity", "observer", "
 OBJECTIVES = ("latency", "size", "latency+size")
 _CRITERIA = ("relative", "absolute")
 _TIES = ("op", "op_type")
+# Fix: "qat" is in autoquant.config.APPROACHES but has no preset in the search space (and
+# no backend runs it); TuningConfig accepted it and tune() then failed with KeyError 'qat'.
+_TUNABLE_APPROACHES = tuple(a for a in APPROACHES if a != "qat")
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
 def _fail(field: str, value: Any, allowed: str) -> ConfigError:
@@ -128,8 +135,14 @@ class TuningConfig:
             raise _fail("timeout", self.timeout, "None or a number of seconds > 0")
         if not isinstance(self.stop_on_first_pass, bool):
             raise _fail("stop_on_first_pass", self.stop_on_first_pass, "a bool")
-        if not (0.0 <= self.max_failure_rate <= 1.0):
+        # Fix (here and for min_latency_gain, metric_bounds): a non-number raised a bare
+        # TypeError from the comparison instead of a ConfigError naming the field.
+        if not _is_number(self.max_failure_rate) or not (0.0 <= self.max_failure_rate <= 1.0):
             raise _fail("max_failure_rate", self.max_failure_rate, "a number in [0, 1]")
+        for field in ("search", "approaches", "observers"):
+            # Fix: a bare string was split into characters ("static" -> ('s', 't', ...)).
+            if isinstance(getattr(self, field), str):
+                raise _fail(field, getattr(self, field), "a tuple or list of names")
         object.__setattr__(self, "search", tuple(self.search))
         object.__setattr__(self, "approaches", tuple(self.approaches))
         object.__setattr__(self, "observers", tuple(self.observers))
@@ -138,9 +151,11 @@ class TuningConfig:
             raise _fail(
                 "search", self.search, f"a subset of {list(SEARCH_DIMENSIONS)} ({bad} unknown)"
             )
-        bad = [a for a in self.approaches if a not in APPROACHES]
+        bad = [a for a in self.approaches if a not in _TUNABLE_APPROACHES]
         if bad or not self.approaches:
-            raise _fail("approaches", self.approaches, f"a non-empty subset of {list(APPROACHES)}")
+            raise _fail(
+                "approaches", self.approaches, f"a non-empty subset of {list(_TUNABLE_APPROACHES)}"
+            )
         bad = [o for o in self.observers if o not in OBSERVERS]
         if bad or not self.observers:
             raise _fail("observers", self.observers, f"a non-empty subset of {list(OBSERVERS)}")
@@ -156,10 +171,13 @@ class TuningConfig:
             or self.latency_warmup < 0
         ):
             raise _fail("latency_warmup", self.latency_warmup, "an int >= 0")
-        if not (0.0 <= self.min_latency_gain < 1.0):
+        if not _is_number(self.min_latency_gain) or not (0.0 <= self.min_latency_gain < 1.0):
             raise _fail("min_latency_gain", self.min_latency_gain, "a number in [0, 1)")
-        if self.metric_bounds is not None and not isinstance(self.metric_bounds, (int, float)):
-            raise _fail("metric_bounds", self.metric_bounds, "None or a number")
+        if self.metric_bounds is not None and (
+            not _is_number(self.metric_bounds) or not math.isfinite(self.metric_bounds)
+        ):
+            # A NaN bound made every partial report look hopeless: every trial was pruned.
+            raise _fail("metric_bounds", self.metric_bounds, "None or a finite number")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise _fail("seed", self.seed, "an int")
 

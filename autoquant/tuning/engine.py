@@ -82,6 +82,10 @@ class Reporter:
                 )
 
 
+def _ignore_report(value: float, fraction: float | None = None) -> None:
+    """The reporter given to a two-argument eval_fn for the float baseline."""
+
+
 def _takes_reporter(fn: Callable[..., Any]) -> bool:
     try:
         params = list(inspect.signature(fn).parameters.values())
@@ -164,6 +168,9 @@ class _Engine:
             )
             self.calibration_passes = 1
         self.multi = config.objective == "latency+size"
+        from autoquant.backends.base import BuildReuse
+
+        self.reuse = BuildReuse()
 
     # -- measuring ---------------------------------------------------------------------
     def _evaluate(self, model: nn.Module, reporter: Reporter | None) -> float:
@@ -191,20 +198,25 @@ class _Engine:
         )
 
     def baseline(self) -> Metrics:
-        accuracy = self._evaluate(self.model, None)
+        # Fix: a two-argument eval_fn(model, report) was called as eval_fn(model) here and
+        # raised TypeError before the first trial. The baseline has no trial to report to
+        # and is never pruned, so it gets a reporter that ignores what it is sent.
+        accuracy = self._evaluate(self.model, _ignore_report if self.with_reporter else None)
         if not math.isfinite(accuracy):
             raise ConfigError(
                 f"eval_fn returned {accuracy} for the float model; it must be finite."
             )
         return self._measure(self.model, accuracy, None)
 
-    def build(self, plan: Any) -> nn.Module:
-        from autoquant.quantizer import quantize
-
+    def build(self, plan: Any, *, candidate: bool = True) -> nn.Module:
+        """A trial candidate (shares float tensors and cached quantized ops, read-only),
+        or with ``candidate=False`` an independent model (the result)."""
         with warnings.catch_warnings():
             # Each trial would repeat the same build warnings; the first build showed them.
             warnings.simplefilter("ignore")
-            return quantize(self.model, plan, backend=self.backend, stats=self.stats)
+            return self.backend.build(
+                self.model, plan, self.stats, reuse=self.reuse if candidate else None
+            )
 
     def sensitivity(self) -> dict[str, float]:
         """Relative output error with one unit quantized at its default config."""
@@ -287,6 +299,9 @@ def _tell(study: Any, trial: Any, record: TrialRecord, engine: _Engine) -> None:
     trial.set_user_attr("plan_hash", record.plan_hash)
     trial.set_user_attr("state", record.state)
     trial.set_user_attr("fp32_ops", [f for f, c in record.plan.items() if c is None])
+    # Fix: the resolved plan is stored for every trial (it was only stored for trials with
+    # metrics), so a failed or pruned trial says exactly what it tried.
+    trial.set_user_attr("plan", record.plan.to_dict())
     if record.cached_from is not None:
         trial.set_user_attr("cached_from", record.cached_from)
     if record.error:
@@ -298,7 +313,6 @@ def _tell(study: Any, trial: Any, record: TrialRecord, engine: _Engine) -> None:
         return
     trial.set_user_attr("metrics", record.metrics.to_dict())
     trial.set_user_attr("timings", record.timings)
-    trial.set_user_attr("plan", record.plan.to_dict())
     trial.set_constraint(_CONSTRAINT, record.metrics.loss - engine.config.tolerable_loss)
     study.tell(trial, engine.objective_values(record.metrics))
 
@@ -499,7 +513,7 @@ def _result(
         met=bool(passing),
         baseline=baseline,
         best=best.metrics,
-        best_model=engine.build(best.plan),
+        best_model=engine.build(best.plan, candidate=False),
         best_plan=best.plan,
         best_trial=best.number,
         trials=records,

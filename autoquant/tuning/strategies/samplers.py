@@ -9,6 +9,7 @@ proposes, seeded by ``TuningConfig.seed``; accuracy is a constraint
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import optuna
@@ -36,8 +37,12 @@ class SamplerStrategy(Strategy):
                 if rec.passed:
                     break
                 k *= 2
-        while True:
+        while not self.exhausted():
             yield SAMPLE
+
+    def exhausted(self) -> bool:
+        """Whether the sampler has nothing new left to propose (ends the strategy)."""
+        return False
 
 
 @register_strategy
@@ -82,4 +87,32 @@ class BruteForceStrategy(SamplerStrategy):
     warm_starts = False
 
     def sampler(self) -> optuna.samplers.BaseSampler:
-        return optuna.samplers.BruteForceSampler(seed=self.config.seed)
+        self._sampler = _AskTellBruteForceSampler(seed=self.config.seed)
+        return self._sampler
+
+    def exhausted(self) -> bool:
+        sampler = getattr(self, "_sampler", None)
+        return sampler is not None and sampler.exhausted
+
+
+class _AskTellBruteForceSampler(optuna.samplers.BruteForceSampler):
+    """Fix: Optuna's BruteForceSampler calls ``study.stop()`` once every plan was tried,
+    and outside ``study.optimize`` (tune drives the study with ask/tell) ``stop`` raises
+    RuntimeError from ``study.tell``, which crashed tune() on any space small enough to be
+    exhausted. Here exhaustion is recorded instead, and the strategy ends the search."""
+
+    exhausted = False
+
+    def after_trial(
+        self,
+        study: optuna.Study,
+        trial: optuna.trial.FrozenTrial,
+        state: optuna.trial.TrialState,
+        values: Sequence[float] | None,
+    ) -> None:
+        try:
+            super().after_trial(study, trial, state, values)
+        except RuntimeError as exc:
+            if "Study.stop" not in str(exc):
+                raise
+            self.exhausted = True

@@ -111,13 +111,17 @@ def _bound(strategy: str, n: int, alternatives: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", nargs="+", default=["digits", "minilm"])
-    parser.add_argument("--strategies", nargs="+", default=["basic", "sensitivity", "tpe", "random"])
+    parser.add_argument(
+        "--strategies", nargs="+", default=["basic", "sensitivity", "tpe", "random"]
+    )
     parser.add_argument("--max-trials", type=int, default=20)
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     warnings.simplefilter("ignore")
     load = os.getloadavg()
-    print(f"torch {torch.__version__}, autoquant tune(), 1 latency thread, load average {load[0]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"torch {torch.__version__}, autoquant tune(), 1 latency thread, load average {load[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     print(
         "| workload | goal | strategy | evals to 1st pass | bound | evals | wall s | fp32 | best | loss | "
         "speedup | fp32 ops | overhead/trial |"
@@ -129,18 +133,37 @@ def main(argv: list[str] | None = None) -> None:
             continue
         for goal, metric, config in work["goals"]:
             for strategy in args.strategies:
-                cfg = config.replace(strategy=strategy, max_trials=args.max_trials, latency_repeats=10)
+                cfg = config.replace(
+                    strategy=strategy, max_trials=args.max_trials, latency_repeats=10
+                )
                 t0 = time.perf_counter()
-                result = tune(work["model"], metric, calib_data=work["calib"], config=cfg, example_inputs=work["example"])
+                result = tune(
+                    work["model"],
+                    metric,
+                    calib_data=work["calib"],
+                    config=cfg,
+                    example_inputs=work["example"],
+                )
                 wall = time.perf_counter() - t0
                 evaluated = [t for t in result.trials if t.evaluated]
                 first = next((i + 1 for i, t in enumerate(evaluated) if t.passed), None)
                 space = aq.tuning.SearchSpace.build(
-                    work["model"], aq.discover(work["model"]), aq.get_backend("x86"), cfg, calibrated=True
+                    work["model"],
+                    aq.discover(work["model"]),
+                    aq.get_backend("x86"),
+                    cfg,
+                    calibrated=True,
                 )
-                alternatives = sum(len(u.labels) - 2 for u in {u.op_type: u for u in space.units.values()}.values())
+                alternatives = sum(
+                    len(u.labels) - 2 for u in {u.op_type: u for u in space.units.values()}.values()
+                )
                 overhead = [
-                    (t.timings["total_s"] - t.timings.get("eval_s", 0) - t.timings.get("measure_s", 0)) / t.timings["total_s"]
+                    (
+                        t.timings["total_s"]
+                        - t.timings.get("eval_s", 0)
+                        - t.timings.get("measure_s", 0)
+                    )
+                    / t.timings["total_s"]
                     for t in evaluated
                     if "total_s" in t.timings
                 ]

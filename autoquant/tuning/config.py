@@ -76,7 +76,10 @@ class TuningConfig:
             accuracy). With it, a trial reporting partial results is stopped as soon as
             even perfect remaining samples could not meet the goal. None: never prune.
     Reproducibility:
-        seed: sampler seed; the same seed replays the same trials for a given model.
+        seed: sampler seed. The same seed replays the same trials when the strategy's
+            decisions do not depend on measured latency (``objective="size"``, or
+            strategies that compare accuracy only); with the latency objective, timing
+            noise can change which plan a later step builds on.
         backend: quantization backend name.
     """
 

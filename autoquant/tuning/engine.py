@@ -12,16 +12,19 @@ is rebuilt from its plan at the end (builds are deterministic).
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import math
 import time
 import traceback
 import warnings
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.fx
 from torch import nn
 
 from autoquant.errors import AutoQuantError, ConfigError
@@ -33,7 +36,8 @@ from autoquant.tuning.strategies import SAMPLE, StrategyContext, get_strategy
 __all__ = ["tune", "GoalNotMetWarning", "TuningError", "Reporter"]
 
 log = logging.getLogger("autoquant.tuning")
-_CONSTRAINT = "accuracy_loss"
+_CONSTRAINT = "accuracy_loss"  # loss - tolerable_loss: feasible when <= 0
+_ALL_FLOAT = "all_float"  # 1 for the all-float plan (never a result), -1 otherwise
 
 
 class GoalNotMetWarning(UserWarning):
@@ -60,10 +64,19 @@ class Reporter:
     """
 
     def __init__(
-        self, trial: Any, config: TuningConfig, baseline: float, deadline: float | None, multi: bool
+        self,
+        trial: Any,
+        config: TuningConfig,
+        baseline: float,
+        deadline: float | None,
+        multi: bool,
+        prune_on_goal: bool = True,
     ) -> None:
         self._trial, self._config, self._baseline = trial, config, baseline
         self._deadline, self._multi = deadline, multi
+        # Until one trial has run to the end, none is cut short for missing the goal:
+        # when nothing can meet it, that trial is the model the result falls back to.
+        self._prune_on_goal = prune_on_goal
         self.step = 0
 
     def __call__(self, value: float, fraction: float | None = None) -> None:
@@ -73,7 +86,7 @@ class Reporter:
         if self._deadline is not None and time.monotonic() > self._deadline:
             raise _Prune("timeout during evaluation")
         bound = self._config.metric_bounds
-        if bound is not None and fraction is not None and 0 < fraction < 1:
+        if self._prune_on_goal and bound is not None and fraction is not None and 0 < fraction < 1:
             reachable = value * fraction + bound * (1 - fraction)
             if not self._config.meets(self._baseline, reachable):
                 raise _Prune(
@@ -123,6 +136,33 @@ def _first_tensor(out: Any) -> torch.Tensor:
     raise TypeError(f"model output {type(out).__name__} holds no tensor")
 
 
+def _drop(model: nn.Module | None) -> weakref.ref[nn.Module] | None:
+    """Prepare a candidate to be freed by reference counting alone.
+
+    A torch.fx GraphModule and its graph reference each other, so dropping the last
+    reference would leave it for the cyclic GC; unlinking the graph's owner breaks that
+    cycle. Returns a weak reference to check that the candidate is gone.
+    """
+    if model is None:
+        return None
+    for module in model.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            graph = module.graph
+            if getattr(graph, "_owning_module", None) is module:
+                graph._owning_module = None
+    return weakref.ref(model)
+
+
+def _free(dropped: weakref.ref[nn.Module] | None) -> None:
+    """Make sure a dropped candidate is gone before the next one is built.
+
+    A full collection costs ~0.2 s in a process that holds torch, so it runs only when
+    some other cycle kept the candidate alive.
+    """
+    if dropped is not None and dropped() is not None:
+        gc.collect()
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
@@ -168,6 +208,8 @@ class _Engine:
             )
             self.calibration_passes = 1
         self.multi = config.objective == "latency+size"
+        self.scored = 0  # trials with full metrics so far
+        self.baseline_metrics: Metrics | None = None
         from autoquant.backends.base import BuildReuse
 
         self.reuse = BuildReuse()
@@ -206,7 +248,8 @@ class _Engine:
             raise ConfigError(
                 f"eval_fn returned {accuracy} for the float model; it must be finite."
             )
-        return self._measure(self.model, accuracy, None)
+        self.baseline_metrics = self._measure(self.model, accuracy, None)
+        return self.baseline_metrics
 
     def build(self, plan: Any, *, candidate: bool = True) -> nn.Module:
         """A trial candidate (shares float tensors and cached quantized ops, read-only),
@@ -237,6 +280,8 @@ class _Engine:
         for name, unit in self.space.units.items():
             params = dict(all_fp32)
             params[name] = unit.default
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                break  # out of time: unscored units count as insensitive
             candidate = self.build(self.space.plan(params))
             with torch.inference_mode():
                 err = sum(
@@ -245,7 +290,9 @@ class _Engine:
                 )
             norm = sum(float(ref.pow(2).sum()) for ref in reference) or 1.0
             scores[name] = err / norm if math.isfinite(err) else math.inf
-            del candidate
+            dropped = _drop(candidate)
+            candidate = None
+            _free(dropped)
         return scores
 
     # -- one trial ---------------------------------------------------------------------
@@ -259,7 +306,14 @@ class _Engine:
             candidate = self.build(plan)
             t1 = time.perf_counter()
             reporter = (
-                Reporter(trial, self.config, baseline.accuracy, self.deadline, self.multi)
+                Reporter(
+                    trial,
+                    self.config,
+                    baseline.accuracy,
+                    self.deadline,
+                    self.multi,
+                    prune_on_goal=self.scored > 0,
+                )
                 if self.with_reporter
                 else None
             )
@@ -270,6 +324,7 @@ class _Engine:
             record.metrics = self._measure(candidate, accuracy, baseline.accuracy)
             t3 = time.perf_counter()
             record.timings = {"build_s": t1 - t0, "eval_s": t2 - t1, "measure_s": t3 - t2}
+            self.scored += 1
             record.passed = self.config.meets(baseline.accuracy, accuracy)
             record.state = "pass" if record.passed else "fail"
         except _Prune as exc:
@@ -281,7 +336,9 @@ class _Engine:
             record.state, record.error = "error", f"{kind}: {exc}{where}"
         finally:
             # Drop the candidate before the next one is built: float model + one candidate.
-            del candidate
+            dropped = _drop(candidate)
+            candidate = None
+            _free(dropped)
         record.timings["total_s"] = time.perf_counter() - t0
         return record
 
@@ -306,14 +363,24 @@ def _tell(study: Any, trial: Any, record: TrialRecord, engine: _Engine) -> None:
         trial.set_user_attr("cached_from", record.cached_from)
     if record.error:
         trial.set_user_attr("error", record.error[:2000])
+    if record.state == "skipped":
+        # The all-float plan: told with the baseline's values and an infeasible
+        # "quantizes no op" constraint, so samplers learn that region is not a result
+        # instead of proposing it again and again.
+        assert engine.baseline_metrics is not None
+        trial.set_constraint(_CONSTRAINT, -engine.config.tolerable_loss)
+        trial.set_constraint(_ALL_FLOAT, 1.0)
+        study.tell(trial, engine.objective_values(engine.baseline_metrics))
+        return
     if record.metrics is None:
-        pruned = record.state in ("pruned", "skipped")
+        pruned = record.state == "pruned"
         state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL
         study.tell(trial, state=state)
         return
     trial.set_user_attr("metrics", record.metrics.to_dict())
     trial.set_user_attr("timings", record.timings)
     trial.set_constraint(_CONSTRAINT, record.metrics.loss - engine.config.tolerable_loss)
+    trial.set_constraint(_ALL_FLOAT, -1.0)
     study.tell(trial, engine.objective_values(record.metrics))
 
 

@@ -51,10 +51,7 @@ class TPEStrategy(SamplerStrategy):
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(
-            seed=self.config.seed,
-            multivariate=True,
-            n_startup_trials=5,
-            warn_independent_sampling=False,
+            seed=self.config.seed, multivariate=True, n_startup_trials=5
         )
 
 

@@ -1,0 +1,1 @@
+"""Tests of ``autoquant.tuning`` (mirrors the package tree)."""

@@ -1,5 +1,6 @@
 """Accuracy-aware tuning on Optuna: search space, strategies, engine, results."""
 
+from autoquant.tuning.callbacks import TuningCallback
 from autoquant.tuning.config import OBJECTIVES, SEARCH_DIMENSIONS, TuningConfig
 from autoquant.tuning.engine import GoalNotMetWarning, Reporter, TuningError, tune
 from autoquant.tuning.result import Metrics, TrialRecord, TuningResult
@@ -23,6 +24,7 @@ __all__ = [
     "Strategy",
     "StrategyContext",
     "TrialRecord",
+    "TuningCallback",
     "TuningConfig",
     "TuningError",
     "TuningResult",

@@ -20,7 +20,7 @@ import time
 import traceback
 import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -28,6 +28,7 @@ import torch.fx
 from torch import nn
 
 from autoquant.errors import AutoQuantError, ConfigError
+from autoquant.tuning.callbacks import TuningCallback
 from autoquant.tuning.config import TuningConfig
 from autoquant.tuning.result import Metrics, TrialRecord, TuningResult
 from autoquant.tuning.space import FP32, SearchSpace
@@ -415,6 +416,7 @@ def tune(
     calib_data: Iterable[Any] | None,
     config: TuningConfig | None = None,
     example_inputs: Any = None,
+    callbacks: Sequence[TuningCallback] = (),
 ) -> TuningResult:
     """Search per-op quantization configs for the fastest model that meets the goal.
 
@@ -429,6 +431,8 @@ def tune(
         config: the goal, objective, strategy, budget and space.
         example_inputs: inputs for latency measurement (default: the first calibration
             batch).
+        callbacks: :class:`~autoquant.tuning.callbacks.TuningCallback` objects (MLflow
+            tracking, progress display) told about the start, every trial and the end.
     """
     import optuna
 
@@ -463,19 +467,29 @@ def tune(
             "config",
             {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()},
         )
-        records, stop = _search(engine, strategy, study, baseline)
+        for cb in callbacks:
+            cb.on_start(space=engine.space, baseline=baseline, config=config, study=study)
+        records, stop = _search(engine, strategy, study, baseline, callbacks)
     finally:
         optuna.logging.set_verbosity(verbosity)
-    return _result(engine, study, records, baseline, stop)
+    result = _result(engine, study, records, baseline, stop)
+    for cb in callbacks:
+        cb.on_end(result)
+    return result
 
 
 def _search(
-    engine: _Engine, strategy: Any, study: Any, baseline: Metrics
+    engine: _Engine,
+    strategy: Any,
+    study: Any,
+    baseline: Metrics,
+    callbacks: Sequence[TuningCallback] = (),
 ) -> tuple[list[TrialRecord], str]:
     config = engine.config
     records: list[TrialRecord] = []
     seen: dict[str, TrialRecord] = {}
     evaluations = errors = 0
+    best: TrialRecord | None = None
     max_asks = 10 * config.max_trials + 50
     steps = strategy.steps()
     try:
@@ -522,6 +536,17 @@ def _search(
         _tell(study, trial, record, engine)
         records.append(record)
         _log_trial(record, evaluations, config)
+        if (
+            record.passed
+            and record.cached_from is None
+            and (
+                best is None
+                or engine.objective_values(record.metrics) < engine.objective_values(best.metrics)
+            )
+        ):
+            best = record
+        for cb in callbacks:
+            cb.on_trial(record, evaluations=evaluations, best=best)
         if evaluations >= 4 and errors / evaluations > config.max_failure_rate:
             return (
                 records,

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["DigitsCNN", "load_data", "trained_model", "accuracy", "calibration_batches"]
+__all__ = [
+    "DigitsCNN",
+    "load_data",
+    "trained_model",
+    "accuracy",
+    "calibration_batches",
+    "eval_fn",
+    "example_inputs",
+]
 
 _SEED = 0
 
@@ -104,6 +113,22 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 def calibration_batches(n: int = 100, batch_size: int = 20) -> list[torch.Tensor]:
     """``n`` training images in batches: the calibration set (never the test set)."""
     return list(load_data()["x_train"][:n].split(batch_size))
+
+
+def eval_fn(split: str = "test") -> Callable[[nn.Module], float]:
+    """The default job's metric: top-1 accuracy on the held-out split (360 images)."""
+    data = load_data()
+    x, y = data[f"x_{split}"], data[f"y_{split}"]
+
+    def evaluate(model: nn.Module) -> float:
+        return accuracy(model, x, y)
+
+    return evaluate
+
+
+def example_inputs(batch_size: int = 64) -> torch.Tensor:
+    """Test images at the batch size latency is measured with."""
+    return load_data()["x_test"][:batch_size]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -61,6 +61,9 @@ __all__ = [
     "mean_cosine",
     "calibration_batches",
     "example_inputs",
+    "eval_fn",
+    "calibration_data",
+    "latency_inputs",
 ]
 
 #: sentence-transformers' ``max_seq_length`` for this model (sentence_bert_config.json).
@@ -363,6 +366,33 @@ def example_inputs(tokenizer: Any, batch_size: int = 8) -> dict[str, torch.Tenso
     median = sorted(lengths)[len(lengths) // 2]
     chosen = sorted(range(len(pool)), key=lambda i: (abs(lengths[i] - median), i))[:batch_size]
     return _tokenize(tokenizer, [pool[i] for i in sorted(chosen)])
+
+
+# ------------------------------------------------------ factories for the main job (conf/)
+
+_PAIRS = {"wordsim353": wordsim353, "simlex999": simlex999, "lee": lee_pairs}
+
+
+def eval_fn(dataset: str = "wordsim353") -> Any:
+    """``eval_fn(model) -> Spearman`` on a human-labelled similarity set."""
+    if dataset not in _PAIRS:
+        raise ValueError(f"dataset must be one of {sorted(_PAIRS)}, but got {dataset!r}.")
+    tokenizer, pairs = load_tokenizer(), _PAIRS[dataset]()
+
+    def evaluate(model: nn.Module) -> float:
+        return spearman(model, tokenizer, pairs)
+
+    return evaluate
+
+
+def calibration_data(n: int = 100, batch_size: int = 20) -> list[dict[str, torch.Tensor]]:
+    """:func:`calibration_batches` with the model's own tokenizer."""
+    return calibration_batches(load_tokenizer(), n=n, batch_size=batch_size)
+
+
+def latency_inputs(batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """:func:`example_inputs` with the model's own tokenizer."""
+    return example_inputs(load_tokenizer(), batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- demo

@@ -577,6 +577,27 @@ def _log_trial(record: TrialRecord, evaluations: int, config: TuningConfig) -> N
     )
 
 
+def _choose(passing: list[TrialRecord], config: TuningConfig) -> TrialRecord:
+    """The best passing trial.
+
+    Latency medians on a shared CPU move by a few percent, so plans within
+    ``min_latency_gain`` of the fastest count as equally fast; among those the smallest
+    (most quantized) wins, then the fastest. The size objective is exact.
+    """
+    metrics = {r.number: r.metrics for r in passing}
+    if config.objective == "size":
+        return min(
+            passing, key=lambda r: (metrics[r.number].size_bytes, metrics[r.number].latency_ms)
+        )
+    fastest = min(metrics[r.number].latency_ms for r in passing)
+    close = [
+        r
+        for r in passing
+        if metrics[r.number].latency_ms <= fastest * (1 + config.min_latency_gain)
+    ]
+    return min(close, key=lambda r: (metrics[r.number].size_bytes, metrics[r.number].latency_ms))
+
+
 def _result(
     engine: _Engine, study: Any, records: list[TrialRecord], baseline: Metrics, stop: str
 ) -> TuningResult:
@@ -590,7 +611,7 @@ def _result(
         )
     passing = [r for r in scored if r.passed]
     if passing:
-        best = min(passing, key=lambda r: tuple(engine.objective_values(r.metrics)))  # type: ignore[arg-type]
+        best = _choose(passing, config)
     else:
         best = min(scored, key=lambda r: (r.metrics.loss, r.metrics.latency_ms))  # type: ignore[union-attr]
         message = (

@@ -1,0 +1,302 @@
+"""``autoquant``: the main job, a Hydra app over conf/.
+
+``autoquant`` with no arguments tunes the embedded default (a CNN on scikit-learn's
+digits, static int8, at most 1% relative accuracy loss), records every trial in MLflow
+and writes ``summary.json`` and the best model into the Hydra run directory. Everything
+is a config group (``model``, ``data``, ``space``, ``strategy``, ``tuning``, ``backend``,
+``tracking``, ``storage``); ``autoquant -m tuning.tolerable_loss=0.005,0.01
+strategy=basic,tpe`` sweeps.
+
+Start-up stays fast: torch, optuna and mlflow are imported only once the job runs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from autoquant._cli_schema import register_schemas
+
+__all__ = ["main", "run_job"]
+
+log = logging.getLogger("autoquant")
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+
+
+# -- checking the command line before anything heavy ----------------------------------------
+def _first_values(overrides: list[str]) -> list[str]:
+    """Overrides with each sweep replaced by its first value (enough to check keys/types)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    out = []
+    for o in parsed:
+        if o.is_sweep_override():
+            first = next(iter(o.sweep_string_iterator()))
+            out.append(f"{o.get_key_element()}={first}")
+        else:
+            out.append(o.input_line)
+    return out
+
+
+def _explain(exc: Exception, overrides: list[str]) -> str:
+    """A message naming the key, what was given and what is allowed."""
+    from hydra import compose, initialize_config_dir
+
+    cause = exc.__cause__ or exc.__context__
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if cause is not None:
+        lines += [ln.strip() for ln in str(cause).strip().splitlines()[:2] if ln.strip()]
+    text = " ".join(dict.fromkeys(lines)).split(" Config search path:")[0]
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose("config")
+    for key in keys:
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        if node is None and parent:
+            groups = sorted(k for k in base.keys())
+            return (
+                f"autoquant: unknown config key {key!r} ({text}). Top-level keys: "
+                f"{', '.join(groups)}."
+            )
+        if isinstance(node, DictConfig) and leaf not in node:
+            allowed = sorted(str(k) for k in node.keys())
+            close = difflib.get_close_matches(leaf, allowed, n=1)
+            hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+            where = f"under {parent!r}" if parent else "at the top level"
+            return (
+                f"autoquant: unknown config key {key!r}. Allowed keys {where}: "
+                f"{', '.join(allowed)}.{hint}"
+            )
+    return f"autoquant: invalid configuration: {text}"
+
+
+def _check_overrides(argv: list[str]) -> None:
+    """Compose the config once with the given overrides; exit 2 with a clear message."""
+    overrides = [
+        a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra")
+    ]
+    if not overrides:
+        return
+    from hydra import compose, initialize_config_dir
+
+    try:
+        firsts = _first_values(overrides)
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose("config", overrides=firsts)
+    except Exception as exc:  # noqa: BLE001 - any composition error is reported the same way
+        print(_explain(exc, overrides), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# -- the job ------------------------------------------------------------------------------------
+def _tuning_config(cfg: DictConfig) -> Any:
+    from autoquant.tuning import TuningConfig
+
+    t, s, m = cfg.tuning, cfg.space, cfg.data.metric
+    return TuningConfig(
+        criterion=t.criterion,
+        tolerable_loss=float(t.tolerable_loss),
+        higher_is_better=bool(m.higher_is_better),
+        objective=t.objective,
+        strategy=cfg.strategy.name,
+        max_trials=int(t.max_trials),
+        timeout=None if t.timeout is None else float(t.timeout),
+        stop_on_first_pass=bool(t.stop_on_first_pass),
+        max_failure_rate=float(t.max_failure_rate),
+        search=tuple(s.search),
+        approaches=tuple(s.approaches),
+        observers=tuple(s.observers),
+        tie=s.tie,
+        include_simulated=bool(s.include_simulated),
+        calib_samples=int(t.calib_samples),
+        latency_threads=int(t.latency.threads),
+        latency_repeats=int(t.latency.repeats),
+        latency_warmup=int(t.latency.warmup),
+        min_latency_gain=float(t.latency.min_gain),
+        metric_bounds=None if m.bounds is None else float(m.bounds),
+        seed=int(t.seed),
+        backend=cfg.backend.name,
+    )
+
+
+def _factory_path(node: Any) -> str | None:
+    """``package.module:function`` when the factory takes no arguments (so load() can use it)."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return None
+    if any(k != "_target_" for k in node.keys()):
+        return None
+    module, _, attr = str(node._target_).rpartition(".")
+    return f"{module}:{attr}"
+
+
+def _instantiate(node: Any, what: str) -> Any:
+    from hydra.utils import instantiate
+
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise SystemExit(
+            f"autoquant: {what} must be a mapping with a '_target_' (a factory), got {node!r}."
+        )
+    return instantiate(node, _convert_="all")
+
+
+def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Tune as configured; write summary.json and the best model into ``run_dir``."""
+    import warnings
+
+    import torch
+
+    import autoquant
+    from autoquant._progress import Progress
+    from autoquant.tracking import TrackingConfig, make_tracker
+
+    started = time.monotonic()
+    config = _tuning_config(cfg)  # fails on a bad value before any model is loaded
+    tracking = TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
+    study_name = str(cfg.study.name)
+    torch.manual_seed(config.seed)
+
+    log.info("loading model %s", cfg.model.name)
+    model = _instantiate(cfg.model.factory, "model.factory")
+    if not isinstance(model, torch.nn.Module):
+        raise SystemExit(
+            f"autoquant: model.factory returned {type(model).__name__}, not a torch.nn.Module."
+        )
+    eval_fn = _instantiate(cfg.data.eval_fn, "data.eval_fn")
+    calib = _instantiate(cfg.data.calib, "data.calib")
+    example = (
+        None
+        if cfg.data.example_inputs is None
+        else _instantiate(cfg.data.example_inputs, "data.example_inputs")
+    )
+    factory = _factory_path(cfg.model.factory)
+
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    tracker = make_tracker(
+        tracking, study_name=study_name, run_config=run_config, model_factory=factory
+    )
+    progress = Progress(mode=cfg.output.progress, max_trials=config.max_trials)
+    status = "FAILED"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            result = autoquant.tune(
+                model,
+                eval_fn,
+                calib_data=calib,
+                config=config,
+                example_inputs=example,
+                callbacks=[progress, tracker],
+            )
+        progress.close()
+        model_dir = run_dir / "model"
+        plan_path = run_dir / "best_plan.yaml"
+        plan_path.write_text(result.best_plan.to_yaml())
+        if cfg.output.save_model:
+            autoquant.save(result.best_model, model_dir, model_factory=factory)
+        summary = _summary(
+            result,
+            cfg,
+            study_name,
+            plan_path,
+            model_dir if cfg.output.save_model else None,
+            tracker,
+            started,
+        )
+        summary_path = run_dir / "summary.json"
+        summary_path.write_text(json.dumps(summary, indent=2))
+        tracker.log_artifacts(str(summary_path))
+        if cfg.output.save_model:
+            tracker.log_artifacts(str(model_dir), "autoquant_model")
+        status = "FINISHED"
+    finally:
+        tracker.close(status)
+    _print_report(result, summary, run_dir, tracking)
+    return summary
+
+
+def _summary(
+    result: Any,
+    cfg: DictConfig,
+    study: str,
+    plan_path: Path,
+    model_dir: Path | None,
+    tracker: Any,
+    started: float,
+) -> dict[str, Any]:
+    states: dict[str, int] = {}
+    for t in result.trials:
+        states[t.state] = states.get(t.state, 0) + 1
+    return {
+        "study": study,
+        "met": result.met,
+        "strategy": cfg.strategy.name,
+        "goal": {
+            "criterion": result.config.criterion,
+            "tolerable_loss": result.config.tolerable_loss,
+            "higher_is_better": result.config.higher_is_better,
+            "target": result.config.target(result.baseline.accuracy),
+        },
+        "baseline": result.baseline.to_dict(),
+        "best": result.best.to_dict(),
+        "speedup": result.speedup,
+        "size_reduction": result.size_reduction,
+        "n_trials": len(result.trials),
+        "n_evaluations": result.n_evaluations,
+        "trial_states": states,
+        "stopped_because": result.stopped_because,
+        "fp32_ops": [f for f, c in result.best_plan.items() if c is None],
+        "best_trial": result.best_trial,
+        "best_plan_hash": result.best_plan.hash,
+        "best_plan_path": str(plan_path),
+        "model_path": None if model_dir is None else str(model_dir),
+        "model_factory": _factory_path(cfg.model.factory),
+        "mlflow_run_id": tracker.run_id,
+        "mlflow_tracking_uri": tracker.tracking_uri,
+        "elapsed_s": time.monotonic() - started,
+    }
+
+
+def _print_report(result: Any, summary: dict[str, Any], run_dir: Path, tracking: Any) -> None:
+    print()
+    print(result.summary())
+    print(f"\nrun directory: {run_dir}")
+    print(f"  summary:    {run_dir / 'summary.json'}")
+    print(f"  best plan:  {summary['best_plan_path']}")
+    if summary["model_path"]:
+        print(f"  model:      {summary['model_path']}  (autoquant.load(path))")
+    if summary["mlflow_run_id"]:
+        print(f"MLflow run {summary['mlflow_run_id']} in {tracking.uri}")
+        if tracking.uri.startswith("sqlite:"):
+            print(f"  open it with: mlflow ui --backend-store-uri {tracking.uri}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _app(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    summary = run_job(cfg, run_dir)
+    # Returned to Hydra: a sweeper can optimise over it.
+    return float(summary["best"]["latency_ms"])
+
+
+def main() -> None:
+    """Console entry point: check the overrides, then hand over to Hydra."""
+    register_schemas()
+    _check_overrides(sys.argv[1:])
+    _app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The main job as a user runs it: the installed ``autoquant`` command, from a temp dir."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+AUTOQUANT = Path(sys.executable).with_name("autoquant")
+# Small budget, cheap timing: the job's behaviour, not its speed, is under test.
+FAST = [
+    "tuning.max_trials=4",
+    "tuning.latency.repeats=3",
+    "tuning.latency.warmup=1",
+    "output.progress=log",
+]
+
+
+def _run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [str(AUTOQUANT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_is_quick_and_lists_the_groups(tmp_path: Path) -> None:
+    t0 = time.perf_counter()
+    out = _run(["--help"], tmp_path)
+    wall = time.perf_counter() - t0
+    assert out.returncode == 0, out.stderr
+    assert wall < 5, wall  # ~0.9 s on an idle 2-core machine; generous for a busy CI
+    for group in ("model", "data", "space", "strategy", "tuning", "backend", "tracking", "storage"):
+        assert f"{group}:" in out.stdout
+    assert "autoquant -m tuning.tolerable_loss" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("tuning.tolerable_los=0.1", "Did you mean 'tuning.tolerable_loss'?"),
+        ("tuning.max_trials=abc", "could not be converted to Integer"),
+        ("strategy=bogus", "Available options in 'strategy'"),
+        ("bogus.key=1", "Top-level keys: backend, data, model"),
+    ],
+)
+def test_bad_config_fails_fast_with_a_clear_message(
+    tmp_path: Path, override: str, expected: str
+) -> None:
+    t0 = time.perf_counter()
+    out = _run([override], tmp_path)
+    assert out.returncode == 2
+    assert expected in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.perf_counter() - t0 < 10  # before any model is loaded
+    assert not list(tmp_path.iterdir())  # no run directory, no database
+
+
+def test_bad_value_is_rejected_before_the_model_loads(tmp_path: Path) -> None:
+    out = _run(
+        ["tuning.tolerable_loss=-1", "tracking=off", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path
+    )
+    assert out.returncode != 0
+    assert "TuningConfig.tolerable_loss must be a number >= 0" in out.stderr
+    assert "loading model" not in out.stderr
+
+
+def _mlflow_runs(db: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    experiments = client.search_experiments()
+    return [r for e in experiments for r in client.search_runs([e.experiment_id])]
+
+
+def test_default_job_end_to_end(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    out = _run([*FAST, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for key in (
+        "met",
+        "baseline",
+        "best",
+        "speedup",
+        "n_trials",
+        "strategy",
+        "best_plan_path",
+        "model_path",
+        "mlflow_run_id",
+    ):
+        assert key in summary
+    assert summary["met"] is True and summary["strategy"] == "basic"
+    for side in ("baseline", "best"):
+        assert {"accuracy", "loss", "latency_ms", "size_bytes"} <= set(summary[side])
+    assert "goal MET" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
+    # MLflow: the default store is sqlite:///mlflow.db in the working directory.
+    db = tmp_path / "mlflow.db"
+    assert db.exists()
+    runs = _mlflow_runs(db)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [
+        r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary["mlflow_run_id"]
+    ]
+    assert [p.info.run_id for p in parents] == [summary["mlflow_run_id"]]
+    assert len(children) == summary["n_trials"]
+    # The saved model reloads from its directory alone (the model factory is recorded).
+    import autoquant
+    from autoquant.examples.digits import load_data
+
+    loaded = autoquant.load(summary["model_path"])
+    x = load_data()["x_test"]
+    with torch.inference_mode():
+        acc = float((loaded(x).argmax(1) == load_data()["y_test"]).float().mean())
+    assert acc == pytest.approx(summary["best"]["accuracy"])
+    assert (
+        autoquant.Plan.from_yaml(Path(summary["best_plan_path"]).read_text()).hash
+        == summary["best_plan_hash"]
+    )
+
+
+def test_tracking_off_writes_no_database(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    out = _run([*FAST, "tracking=off", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not (tmp_path / "mlflow.db").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["mlflow_run_id"] is None
+
+
+def test_multirun_sweep_gives_one_summary_per_job(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    out = _run(
+        [
+            "-m",
+            *FAST,
+            "tracking=off",
+            "tuning.tolerable_loss=0.005,0.01",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]
+    assert len(summaries) == 2
+    assert sorted(s["goal"]["tolerable_loss"] for s in summaries) == [0.005, 0.01]
+
+
+def test_http_tracking_uri_against_a_real_mlflow_server(tmp_path: Path) -> None:
+    from _mlflow_server import running_mlflow_server
+    from mlflow.tracking import MlflowClient
+
+    with running_mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as url:
+        run_dir = tmp_path / "run"
+        out = _run([*FAST, f"tracking.uri={url}", f"hydra.run.dir={run_dir}"], tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        summary = json.loads((run_dir / "summary.json").read_text())
+        client = MlflowClient(tracking_uri=url)
+        parent = client.get_run(summary["mlflow_run_id"])
+        assert parent.info.status == "FINISHED"
+        children = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+        )
+        assert len(children) == summary["n_trials"]
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default store

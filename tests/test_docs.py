@@ -30,5 +30,4 @@ _EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 @pytest.mark.parametrize("code", _EXAMPLES, ids=[f"example{i}" for i in range(len(_EXAMPLES))])
 def test_readme_example_runs(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("AUTOQUANT_CACHE", str(tmp_path / "cache"))
     exec(compile(code, str(README), "exec"), {"__name__": "__readme__"})

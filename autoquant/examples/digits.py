@@ -8,6 +8,7 @@ before and after.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -79,8 +80,10 @@ def trained_model(*, epochs: int = 25, cache: bool = True) -> DigitsCNN:
     """The trained float model; trained once (a few seconds) and cached as safetensors."""
     from safetensors.torch import load_file, save_file
 
-    path = _cache_dir() / f"digits_cnn_e{epochs}_s{_SEED}.safetensors"
     model = DigitsCNN()
+    # The architecture is part of the name, so a changed model never loads stale weights.
+    arch = hashlib.sha256(repr(model).encode()).hexdigest()[:8]
+    path = _cache_dir() / f"digits_cnn_{arch}_e{epochs}_s{_SEED}.safetensors"
     if cache and path.exists():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
@@ -99,7 +102,10 @@ def trained_model(*, epochs: int = 25, cache: bool = True) -> DigitsCNN:
     model.eval()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+        # Write then rename: a concurrent reader never sees a half-written file.
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+        os.replace(tmp, path)
     return model
 
 

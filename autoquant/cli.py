@@ -126,6 +126,8 @@ def _tuning_config(cfg: DictConfig) -> Any:
         metric_bounds=None if m.bounds is None else float(m.bounds),
         seed=int(t.seed),
         backend=cfg.backend.name,
+        storage=cfg.storage.url,
+        study_name=None if cfg.storage.url is None else str(cfg.study.name),
     )
 
 
@@ -157,6 +159,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     import autoquant
     from autoquant._progress import Progress
+    from autoquant.storage import mask_url
     from autoquant.tracking import TrackingConfig, make_tracker
 
     started = time.monotonic()
@@ -181,6 +184,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     factory = _factory_path(cfg.model.factory)
 
     run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_config["storage"]["url"] = mask_url(cfg.storage.url)  # never log a password
     tracker = make_tracker(
         tracking, study_name=study_name, run_config=run_config, model_factory=factory
     )
@@ -260,10 +264,17 @@ def _summary(
         "best_plan_path": str(plan_path),
         "model_path": None if model_dir is None else str(model_dir),
         "model_factory": _factory_path(cfg.model.factory),
+        "storage": _masked(cfg.storage.url),
         "mlflow_run_id": tracker.run_id,
         "mlflow_tracking_uri": tracker.tracking_uri,
         "elapsed_s": time.monotonic() - started,
     }
+
+
+def _masked(url: str | None) -> str | None:
+    from autoquant.storage import mask_url
+
+    return mask_url(url)
 
 
 def _print_report(result: Any, summary: dict[str, Any], run_dir: Path, tracking: Any) -> None:

@@ -75,6 +75,13 @@ class TuningConfig:
         metric_bounds: the best value a mean-over-samples metric can take (e.g. 1.0 for
             accuracy). With it, a trial reporting partial results is stopped as soon as
             even perfect remaining samples could not meet the goal. None: never prune.
+    Study storage:
+        storage: where the Optuna study lives (see :mod:`autoquant.storage`): None (in
+            memory), an RDB URL (``sqlite:///...``, ``postgresql://...``),
+            ``journal:///absolute/path.log`` or ``grpc://host:port``.
+        study_name: the study's name in the storage. With a storage, running again
+            with the same name resumes: plans already evaluated are not evaluated again
+            and count against ``max_trials``.
     Reproducibility:
         seed: sampler seed. The same seed replays the same trials when the strategy's
             decisions do not depend on measured latency (``objective="size"``, or
@@ -105,6 +112,8 @@ class TuningConfig:
     metric_bounds: float | None = None
     seed: int = 1978
     backend: str = "x86"
+    storage: str | None = None
+    study_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.criterion not in _CRITERIA:
@@ -183,6 +192,21 @@ class TuningConfig:
             raise _fail("metric_bounds", self.metric_bounds, "None or a finite number")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise _fail("seed", self.seed, "an int")
+        self._check_storage()
+
+    def _check_storage(self) -> None:
+        if self.storage is not None and not isinstance(self.storage, str):
+            raise _fail("storage", self.storage, "None or a storage URL string")
+        if self.study_name is not None and (
+            not isinstance(self.study_name, str) or not self.study_name
+        ):
+            raise _fail("study_name", self.study_name, "None or a non-empty string")
+        if self.storage is not None and self.study_name is None:
+            raise _fail(
+                "study_name",
+                None,
+                "a name when storage is set (workers and resumed runs find the study by it)",
+            )
 
     def replace(self, **changes: Any) -> TuningConfig:
         return dataclasses.replace(self, **changes)

@@ -459,14 +459,21 @@ def tune(
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
+        from autoquant.storage import mask_url, open_storage
+
         study = optuna.create_study(
-            directions=["minimize"] * (2 if engine.multi else 1), sampler=strategy.sampler()
+            storage=open_storage(config.storage),
+            study_name=config.study_name,
+            load_if_exists=config.storage is not None,
+            directions=["minimize"] * (2 if engine.multi else 1),
+            sampler=strategy.sampler(),
         )
+        recorded = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()
+        }
+        recorded["storage"] = mask_url(config.storage)
         study.set_user_attr("baseline", baseline.to_dict())
-        study.set_user_attr(
-            "config",
-            {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()},
-        )
+        study.set_user_attr("config", recorded)
         for cb in callbacks:
             cb.on_start(space=engine.space, baseline=baseline, config=config, study=study)
         records, stop = _search(engine, strategy, study, baseline, callbacks)
@@ -486,9 +493,18 @@ def _search(
     callbacks: Sequence[TuningCallback] = (),
 ) -> tuple[list[TrialRecord], str]:
     config = engine.config
-    records: list[TrialRecord] = []
-    seen: dict[str, TrialRecord] = {}
-    evaluations = errors = 0
+    # A resumed study: what earlier runs finished is known, never evaluated again.
+    records = _stored_records(study, engine)
+    seen: dict[str, TrialRecord] = {r.plan_hash: r for r in records if r.evaluated}
+    evaluations = len(seen)
+    errors = sum(r.state == "error" for r in seen.values())
+    if records:
+        log.info(
+            "resuming study %r: %d finished trials, %d evaluations",
+            config.study_name,
+            len(records),
+            evaluations,
+        )
     best: TrialRecord | None = None
     max_asks = 10 * config.max_trials + 50
     steps = strategy.steps()
@@ -511,7 +527,7 @@ def _search(
         previous = seen.get(plan.hash)
         if not plan.quantized:
             record = TrialRecord(
-                len(records),
+                trial.number,
                 dict(trial.params),
                 plan,
                 "skipped",
@@ -519,7 +535,7 @@ def _search(
             )
         elif previous is not None:
             record = TrialRecord(
-                len(records),
+                trial.number,
                 dict(trial.params),
                 plan,
                 "cached",
@@ -529,7 +545,7 @@ def _search(
                 passed=previous.passed,
             )
         else:
-            record = engine.run_trial(trial, len(records), baseline)
+            record = engine.run_trial(trial, trial.number, baseline)
             evaluations += 1
             errors += record.state == "error"
             seen[plan.hash] = record
@@ -558,6 +574,53 @@ def _search(
             proposal = steps.send(record)
         except StopIteration:
             return records, "strategy finished"
+
+
+def _stored_records(study: Any, engine: _Engine) -> list[TrialRecord]:
+    """TrialRecords of the finished trials already in ``study`` (empty for a new one)."""
+    import optuna
+
+    from autoquant.plan import Plan
+
+    finished = (
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.PRUNED,
+    )
+    out = []
+    for t in study.get_trials(deepcopy=False, states=finished):
+        attrs = t.user_attrs
+        if "plan" not in attrs or "state" not in attrs:
+            continue  # not written by autoquant (or interrupted before it was told)
+        m = attrs.get("metrics")
+        metrics = None
+        if m is not None:
+            metrics = Metrics(
+                accuracy=m["accuracy"],
+                loss=m["loss"],
+                latency_ms=m["latency_ms"],
+                latency_p90_ms=m["latency_p90_ms"],
+                size_bytes=m["size_bytes"],
+                simulated_ops=tuple(m.get("simulated_ops", ())),
+            )
+        out.append(
+            TrialRecord(
+                number=t.number,
+                params=dict(t.params),
+                plan=Plan.from_dict(attrs["plan"]),
+                state=attrs["state"],
+                metrics=metrics,
+                error=attrs.get("error"),
+                cached_from=attrs.get("cached_from"),
+                timings=dict(attrs.get("timings", {})),
+                passed=metrics is not None
+                and engine.config.meets(
+                    engine.baseline_metrics.accuracy if engine.baseline_metrics else 0.0,
+                    metrics.accuracy,
+                ),
+            )
+        )
+    return out
 
 
 def _log_trial(record: TrialRecord, evaluations: int, config: TuningConfig) -> None:

@@ -20,7 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LatencyStats", "measure_latency", "size_bytes", "iter_state_tensors"]
+__all__ = [
+    "LatencyStats",
+    "measure_latency",
+    "compare_latency",
+    "size_bytes",
+    "iter_state_tensors",
+]
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,29 @@ def measure_latency(
         batch_size=_batch_size(example_inputs),
         simulated_ops=tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ())),
     )
+
+
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    inputs: Mapping[Any, Any],
+    *,
+    threads: int = 1,
+    rounds: int = 3,
+    repeats: int = 30,
+) -> dict[tuple[str, Any], float]:
+    """Median latency (ms) of every model on every input, measured side by side.
+
+    Interleaved rounds: every (model, input) pair is timed in every round, so a slow
+    spell on a shared CPU hits them all alike; each figure is the median of the rounds'
+    medians. Keys are ``(model name, input key)``.
+    """
+    lat: dict[tuple[str, Any], list[float]] = {}
+    for _ in range(rounds):
+        for name, model in models.items():
+            for key, x in inputs.items():
+                stats = measure_latency(model, x, threads=threads, repeats=repeats)
+                lat.setdefault((name, key), []).append(stats.median_ms)
+    return {k: float(np.median(v)) for k, v in lat.items()}
 
 
 def iter_state_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:

@@ -167,3 +167,16 @@ def test_latency_of_simulated_ops_is_flagged_not_quantized_speed() -> None:
     stats = measure_latency(sim, x, repeats=3)
     assert stats.simulated_ops == ("0",) and not stats.quantized_speed
     assert measure_latency(model, x, repeats=3).quantized_speed  # float: nothing simulated
+
+
+def test_compare_latency_times_every_model_on_every_input() -> None:
+    from autoquant.measure import compare_latency
+
+    fast = nn.Linear(8, 8).eval()
+    slow = nn.Sequential(*[nn.Linear(256, 256) for _ in range(8)]).eval()
+    inputs = {1: torch.randn(1, 8), 4: torch.randn(4, 8)}
+    out = compare_latency({"fast": fast}, inputs, rounds=2, repeats=3)
+    assert set(out) == {("fast", 1), ("fast", 4)} and all(v > 0 for v in out.values())
+    big = {"x": torch.randn(16, 256)}
+    ordered = compare_latency({"one": slow[:1], "eight": slow}, big, rounds=3, repeats=5)
+    assert ordered[("one", "x")] < ordered[("eight", "x")]

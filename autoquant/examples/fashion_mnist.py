@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     import autoquant
-    from autoquant.measure import measure_latency, size_bytes
+    from autoquant.measure import compare_latency, size_bytes
 
     torch.manual_seed(_SEED)
     evaluate = eval_fn()
@@ -380,15 +380,9 @@ def main(argv: list[str] | None = None) -> None:
     candidates: dict[str, nn.Module] = {"fp32": model, "static int8 (all ops)": int8}
     inputs = {b: example_inputs(b) for b in (64, 1)}
     acc = {name: evaluate(m) for name, m in candidates.items()}
-    # Interleaved rounds: every model is timed in every round, so a slow spell on a
-    # shared CPU hits them all alike; the reported figure is the median of the rounds.
-    lat: dict[tuple[str, int], list[float]] = {}
-    for _ in range(args.rounds):
-        for name, m in candidates.items():
-            for b, x in inputs.items():
-                stats = measure_latency(m, x, threads=args.threads, repeats=args.repeats)
-                lat.setdefault((name, b), []).append(stats.median_ms)
-    median = {k: float(np.median(v)) for k, v in lat.items()}
+    median = compare_latency(
+        candidates, inputs, threads=args.threads, rounds=args.rounds, repeats=args.repeats
+    )
     sizes = {name: size_bytes(m) for name, m in candidates.items()}
 
     print(

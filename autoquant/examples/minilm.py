@@ -425,9 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10, help="timed calls per round")
     args = parser.parse_args(argv)
 
-    import numpy as np
-
-    from autoquant.measure import measure_latency, size_bytes
+    from autoquant.measure import compare_latency, size_bytes
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer()
@@ -443,15 +441,9 @@ def main(argv: list[str] | None = None) -> None:
         for name, m in candidates.items()
     }
     cosines = {name: mean_cosine(m, ref, tokenizer, docs) for name, m in candidates.items()}
-    # Interleaved rounds: every model is timed in every round, so a slow spell on a
-    # shared CPU hits them all alike; the reported figure is the median of the rounds.
-    lat: dict[tuple[str, int], list[float]] = {}
-    for _ in range(args.rounds):
-        for name, m in candidates.items():
-            for b, x in inputs.items():
-                stats = measure_latency(m, x, threads=args.threads, repeats=args.repeats)
-                lat.setdefault((name, b), []).append(stats.median_ms)
-    median = {k: float(np.median(v)) for k, v in lat.items()}
+    median = compare_latency(
+        candidates, inputs, threads=args.threads, rounds=args.rounds, repeats=args.repeats
+    )
     sizes = {name: size_bytes(m) for name, m in candidates.items()}
 
     shapes = ", ".join(f"batch {b}: {list(x['input_ids'].shape)}" for b, x in inputs.items())

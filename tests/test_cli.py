@@ -169,3 +169,10 @@ def test_http_tracking_uri_against_a_real_mlflow_server(tmp_path: Path) -> None:
         )
         assert len(children) == summary["n_trials"]
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to the default store
+
+
+def test_sweep_over_models_pairs_each_model_with_its_data(tmp_path: Path) -> None:
+    out = _run(["model=digits", "--cfg", "job"], tmp_path)
+    assert "autoquant.examples.digits.eval_fn" in out.stdout
+    out = _run(["model=minilm", "--cfg", "job"], tmp_path)
+    assert "autoquant.examples.minilm.eval_fn" in out.stdout

@@ -49,6 +49,7 @@ _LAZY = {
     "TuningConfig": "autoquant.tuning",
     "TuningResult": "autoquant.tuning",
     "GoalNotMetWarning": "autoquant.tuning",
+    "TuningCallback": "autoquant.tuning",
 }
 
 __all__ = [
@@ -86,6 +87,7 @@ __all__ = [
     "static_int8",
     "TensorStats",
     "tune",
+    "TuningCallback",
     "TuningConfig",
     "TuningResult",
     "UnsupportedConfigError",
@@ -117,4 +119,10 @@ if TYPE_CHECKING:
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save
     from autoquant.stats import TensorStats
-    from autoquant.tuning import GoalNotMetWarning, TuningConfig, TuningResult, tune
+    from autoquant.tuning import (
+        GoalNotMetWarning,
+        TuningCallback,
+        TuningConfig,
+        TuningResult,
+        tune,
+    )

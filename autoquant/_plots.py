@@ -46,6 +46,7 @@ def write_plots(result: TuningResult, out_dir: str) -> tuple[list[str], list[tup
     for name, fn in (
         ("accuracy_vs_latency.png", accuracy_vs_latency),
         ("fp32_fallback.png", fp32_fallback),
+        ("sensitivity.png", sensitivity),
         ("optimization_history.png", optimization_history),
     ):
         path = os.path.join(out_dir, name)
@@ -174,6 +175,26 @@ def fp32_fallback(result: TuningResult, path: str) -> str | None:
     ax.grid(axis="x", alpha=0.3)
     suffix = f", {len(shown)} of {len(ops)} ops shown" if len(shown) < len(ops) else ""
     ax.set_title(f"per-op fp32 fallback frequency{suffix}")
+    fig.savefig(path, dpi=100)
+    return None
+
+
+def sensitivity(result: TuningResult, path: str) -> str | None:
+    """Per-unit sensitivity scores (output error with only that unit quantized)."""
+    scores = result.sensitivity
+    if not scores:
+        return "the strategy computed no sensitivity scores (its first plan passed)"
+    units = sorted(scores, key=lambda u: -scores[u])[:_MAX_OPS]
+    fig = _figure(7.5, 1.2 + 0.28 * len(units))
+    ax = fig.subplots()
+    ys = list(range(len(units)))
+    ax.barh(ys, [max(scores[u], 1e-12) for u in units], color="tab:red")
+    ax.set_xscale("log")
+    ax.set_yticks(ys, units)
+    ax.invert_yaxis()
+    ax.set_xlabel("relative output error on calibration data, only this op quantized")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"per-op sensitivity ({len(units)} of {len(scores)} most sensitive)")
     fig.savefig(path, dpi=100)
     return None
 

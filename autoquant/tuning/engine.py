@@ -480,6 +480,7 @@ def tune(
     finally:
         optuna.logging.set_verbosity(verbosity)
     result = _result(engine, study, records, baseline, stop)
+    result.sensitivity = strategy.context.scores
     for cb in callbacks:
         cb.on_end(result)
     return result

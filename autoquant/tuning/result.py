@@ -106,6 +106,9 @@ class TuningResult:
     calibration_passes: int
     elapsed_s: float
     stopped_because: str
+    # Per-unit output error on calibration data with only that unit quantized (higher =
+    # more sensitive), when the strategy computed it (sensitivity, sampler warm starts).
+    sensitivity: dict[str, float] | None = None
 
     @property
     def speedup(self) -> float:

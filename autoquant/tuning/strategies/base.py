@@ -58,6 +58,11 @@ class StrategyContext:
         self._sensitivity = sensitivity
         self._scores: dict[str, float] | None = None
 
+    @property
+    def scores(self) -> dict[str, float] | None:
+        """The sensitivity scores if a strategy asked for them, else None."""
+        return self._scores
+
     def sensitivity(self) -> dict[str, float]:
         """Per-unit score, higher = more sensitive: output error on calibration data
         when only that unit is quantized (its default config). Computed once, cached;

@@ -297,22 +297,19 @@ def _traced(model: nn.Module) -> torch.fx.GraphModule:
 
 
 def _add_glue_qconfigs(
-    mapping: Any, model: nn.Module, static: dict[str, OpConfig], qconfig: Any
+    mapping: Any, traced: torch.fx.GraphModule, static: dict[str, OpConfig], qconfig: Any
 ) -> None:
     """Give weightless ops between quantized ops a qconfig, node by node.
 
     FX assigns a function call's qconfig by (enclosing module, function, occurrence
     index); we walk the same fused graph prepare_fx builds, in the same order, to name
-    each call that way. Methods can only be configured by name, so a method gets a
-    qconfig only when every call of it qualifies.
+    each call that way. ``traced`` is the flat graph of :func:`_traced`, so every call
+    sits in the top-level module (scope ""). Methods can only be configured by name, so
+    a method gets a qconfig only when every call of it qualifies.
     """
-    from torch.ao.quantization.fx.tracer import QuantizationTracer
     from torch.ao.quantization.quantize_fx import fuse_fx
 
-    tracer = QuantizationTracer([], [])
-    tracer.trace(copy.deepcopy(model))
-    scopes = tracer.node_name_to_scope
-    fused = fuse_fx(copy.deepcopy(model))
+    fused = fuse_fx(copy.deepcopy(traced))
     spec_of: dict[str, OpConfig] = {}  # node name -> config of the quantized producer
     counters: dict[tuple[str, Any], int] = {}
     method_ok: dict[str, bool] = {}
@@ -339,7 +336,7 @@ def _add_glue_qconfigs(
                     spec_of[node.name] = src[0]
                     mapping.set_module_name(node.target, qconfig(src[0]))
         elif node.op == "call_function":
-            scope = scopes.get(node.name, ("", None))[0]
+            scope = ""
             index = counters.get((scope, node.target), 0)
             counters[(scope, node.target)] = index + 1
             if node.target in _GLUE_FUNCTIONS:

@@ -81,7 +81,12 @@ class TuningConfig:
             ``journal:///absolute/path.log`` or ``grpc://host:port``.
         study_name: the study's name in the storage. With a storage, running again
             with the same name resumes: plans already evaluated are not evaluated again
-            and count against ``max_trials``.
+            and count against ``max_trials``. Any number of processes (workers) may
+            run ``tune`` on one study at once: ``max_trials`` counts the study's
+            evaluations across all of them, and no plan is evaluated twice.
+        heartbeat_interval: seconds between a worker's heartbeats while it holds a trial
+            (shared storages only). A trial without a heartbeat for 3 intervals (its
+            worker was killed) is marked failed by the other workers and retried.
     Reproducibility:
         seed: sampler seed. The same seed replays the same trials when the strategy's
             decisions do not depend on measured latency (``objective="size"``, or
@@ -114,6 +119,7 @@ class TuningConfig:
     backend: str = "x86"
     storage: str | None = None
     study_name: str | None = None
+    heartbeat_interval: int = 10
 
     def __post_init__(self) -> None:
         if self.criterion not in _CRITERIA:
@@ -201,6 +207,12 @@ class TuningConfig:
             not isinstance(self.study_name, str) or not self.study_name
         ):
             raise _fail("study_name", self.study_name, "None or a non-empty string")
+        if (
+            isinstance(self.heartbeat_interval, bool)
+            or not isinstance(self.heartbeat_interval, int)
+            or self.heartbeat_interval < 1
+        ):
+            raise _fail("heartbeat_interval", self.heartbeat_interval, "an int >= 1 (seconds)")
         if self.storage is not None and self.study_name is None:
             raise _fail(
                 "study_name",

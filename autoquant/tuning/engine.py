@@ -462,7 +462,7 @@ def tune(
         from autoquant.storage import mask_url, open_storage
 
         study = optuna.create_study(
-            storage=open_storage(config.storage),
+            storage=open_storage(config.storage, heartbeat_interval=config.heartbeat_interval),
             study_name=config.study_name,
             load_if_exists=config.storage is not None,
             directions=["minimize"] * (2 if engine.multi else 1),
@@ -493,135 +493,112 @@ def _search(
     baseline: Metrics,
     callbacks: Sequence[TuningCallback] = (),
 ) -> tuple[list[TrialRecord], str]:
+    """Ask, decide, evaluate, tell until the study's budget or the strategy ends.
+
+    Returns every finished trial of the study (other workers' and earlier runs'
+    included) and why the search stopped.
+    """
+    import optuna
+
+    from autoquant.tuning._coordination import Coordinator
+
     config = engine.config
-    # A resumed study: what earlier runs finished is known, never evaluated again.
-    records = _stored_records(study, engine)
-    seen: dict[str, TrialRecord] = {r.plan_hash: r for r in records if r.evaluated}
-    evaluations = len(seen)
-    errors = sum(r.state == "error" for r in seen.values())
-    if records:
+    coord = Coordinator(
+        study,
+        shared=config.storage is not None,
+        max_trials=config.max_trials,
+        heartbeat_interval=config.heartbeat_interval,
+        meets=lambda accuracy: config.meets(baseline.accuracy, accuracy),
+        plan_of=engine.space.plan,
+    )
+    coord.refresh()
+    if coord.records:
         log.info(
             "resuming study %r: %d finished trials, %d evaluations",
             config.study_name,
-            len(records),
-            evaluations,
+            len(coord.records),
+            coord.evaluations,
         )
-    best: TrialRecord | None = None
+    asked = 0
     max_asks = 10 * config.max_trials + 50
+
+    def finish(stop: str) -> tuple[list[TrialRecord], str]:
+        coord.refresh()
+        return [coord.records[n] for n in sorted(coord.records)], stop
+
     steps = strategy.steps()
     try:
         proposal = next(steps)
     except StopIteration:
-        return records, "strategy proposed nothing"
+        return finish("strategy proposed nothing")
     distributions = engine.space.distributions()
     while True:
-        if evaluations >= config.max_trials:
-            return records, "max_trials"
+        budget = coord.budget()
+        evaluated = list(coord.by_plan.values())
+        if budget == "done":
+            return finish("max_trials")
         if engine.deadline is not None and time.monotonic() >= engine.deadline:
-            return records, "timeout"
-        if len(records) >= max_asks:
-            return records, "no new plans (the sampler keeps proposing evaluated ones)"
+            return finish("timeout")
+        if config.stop_on_first_pass and any(r.passed for r in evaluated):
+            return finish("first pass")
+        errors = sum(r.state == "error" for r in evaluated)
+        if len(evaluated) >= 4 and errors / len(evaluated) > config.max_failure_rate:
+            return finish(
+                f"failure rate {errors}/{len(evaluated)} above "
+                f"max_failure_rate={config.max_failure_rate}"
+            )
+        if budget == "full":  # the rest of the budget is in flight on other workers
+            coord.pause()
+            continue
+        if asked >= max_asks:
+            return finish("no new plans (the sampler keeps proposing evaluated ones)")
         if proposal is not SAMPLE:
             study.enqueue_trial(proposal)
         trial = study.ask(distributions)
+        asked += 1
         plan = engine.space.plan(trial.params)
-        previous = seen.get(plan.hash)
-        if not plan.quantized:
-            record = TrialRecord(
+        record = TrialRecord(trial.number, dict(trial.params), plan, "error")
+        try:
+            with coord.heartbeat(trial):
+                decision = coord.decide(trial, plan, deadline=engine.deadline)
+                if decision.action == "skipped":
+                    record.state = "skipped"
+                    record.error = "the all-float plan is the baseline, not a result"
+                elif decision.action == "surplus":
+                    record.state, record.error = "surplus", decision.reason
+                elif decision.action == "cached":
+                    previous = decision.previous
+                    assert previous is not None
+                    record.state, record.metrics = "cached", previous.metrics
+                    record.error, record.cached_from = previous.error, previous.number
+                    record.passed = previous.passed
+                else:
+                    record = engine.run_trial(trial, trial.number, baseline)
+                _tell(study, trial, record, engine)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # This worker was silent too long (suspended, overloaded) and another one
+            # marked its trial failed; the plan was enqueued again for someone to run.
+            log.warning(
+                "trial %d was marked failed by another worker (no heartbeat for %d s); "
+                "its result is dropped",
                 trial.number,
-                dict(trial.params),
-                plan,
-                "skipped",
-                error="the all-float plan is the baseline, not a result",
+                3 * config.heartbeat_interval,
             )
-        elif previous is not None:
-            record = TrialRecord(
-                trial.number,
-                dict(trial.params),
-                plan,
-                "cached",
-                metrics=previous.metrics,
-                error=previous.error,
-                cached_from=previous.number,
-                passed=previous.passed,
-            )
-        else:
-            record = engine.run_trial(trial, trial.number, baseline)
-            evaluations += 1
-            errors += record.state == "error"
-            seen[plan.hash] = record
-        _tell(study, trial, record, engine)
-        records.append(record)
-        _log_trial(record, evaluations, config)
-        if (
-            record.passed
-            and record.cached_from is None
-            and (
-                best is None
-                or engine.objective_values(record.metrics) < engine.objective_values(best.metrics)
-            )
-        ):
-            best = record
+            continue
+        coord.add(record)
+        _log_trial(record, coord.evaluations, config)
+        passing = [r for r in coord.by_plan.values() if r.passed]
+        best = min(passing, key=lambda r: engine.objective_values(r.metrics)) if passing else None
         for cb in callbacks:
-            cb.on_trial(record, evaluations=evaluations, best=best)
-        if evaluations >= 4 and errors / evaluations > config.max_failure_rate:
-            return (
-                records,
-                f"failure rate {errors}/{evaluations} above max_failure_rate={config.max_failure_rate}",
-            )
+            cb.on_trial(record, evaluations=coord.evaluations, best=best)
         if record.passed and config.stop_on_first_pass:
-            return records, "first pass"
+            return finish("first pass")
+        if record.state == "surplus":
+            continue  # the proposal was not tried: offer it again if the budget frees up
         try:
             proposal = steps.send(record)
         except StopIteration:
-            return records, "strategy finished"
-
-
-def _stored_records(study: Any, engine: _Engine) -> list[TrialRecord]:
-    """TrialRecords of the finished trials already in ``study`` (empty for a new one)."""
-    import optuna
-
-    from autoquant.plan import Plan
-
-    finished = (
-        optuna.trial.TrialState.COMPLETE,
-        optuna.trial.TrialState.FAIL,
-        optuna.trial.TrialState.PRUNED,
-    )
-    out = []
-    for t in study.get_trials(deepcopy=False, states=finished):
-        attrs = t.user_attrs
-        if "plan" not in attrs or "state" not in attrs:
-            continue  # not written by autoquant (or interrupted before it was told)
-        m = attrs.get("metrics")
-        metrics = None
-        if m is not None:
-            metrics = Metrics(
-                accuracy=m["accuracy"],
-                loss=m["loss"],
-                latency_ms=m["latency_ms"],
-                latency_p90_ms=m["latency_p90_ms"],
-                size_bytes=m["size_bytes"],
-                simulated_ops=tuple(m.get("simulated_ops", ())),
-            )
-        out.append(
-            TrialRecord(
-                number=t.number,
-                params=dict(t.params),
-                plan=Plan.from_dict(attrs["plan"]),
-                state=attrs["state"],
-                metrics=metrics,
-                error=attrs.get("error"),
-                cached_from=attrs.get("cached_from"),
-                timings=dict(attrs.get("timings", {})),
-                passed=metrics is not None
-                and engine.config.meets(
-                    engine.baseline_metrics.accuracy if engine.baseline_metrics else 0.0,
-                    metrics.accuracy,
-                ),
-            )
-        )
-    return out
+            return finish("strategy finished")
 
 
 def _log_trial(record: TrialRecord, evaluations: int, config: TuningConfig) -> None:

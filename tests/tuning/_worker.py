@@ -1,0 +1,75 @@
+"""One tuning worker in its own process, for the distributed tests.
+
+``python tests/tuning/_worker.py URL STUDY --seed S --max-trials N [--sleep S]`` tunes
+the breast-cancer MLP (see ``_helpers``) on the shared study and writes a JSON line with
+what it saw to stdout. ``--sleep`` adds a fixed cost to every evaluation (so a test can
+kill a worker mid-trial); ``--mark DIR`` writes ``DIR/<pid>.evaluating`` while one runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (for tuning._helpers)
+
+import torch  # noqa: E402
+
+import autoquant as aq  # noqa: E402
+from tuning._helpers import fast_config, train_cancer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("storage")
+    parser.add_argument("study")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-trials", type=int, default=6)
+    parser.add_argument("--strategy", default="random")
+    parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--heartbeat", type=int, default=1)
+    parser.add_argument("--mark", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # identical float results in every worker process
+    cancer = train_cancer()
+    mark = None if args.mark is None else Path(args.mark) / f"{os.getpid()}.evaluating"
+
+    def eval_fn(model: torch.nn.Module) -> float:
+        trial = model is not cancer.model  # the float baseline is not a trial
+        if mark is not None and trial:
+            mark.write_text("")
+        time.sleep(args.sleep)
+        accuracy = cancer.accuracy(model)
+        if mark is not None and trial:
+            mark.unlink()
+        return accuracy
+
+    config = fast_config(
+        strategy=args.strategy,
+        max_trials=args.max_trials,
+        seed=args.seed,
+        storage=args.storage,
+        study_name=args.study,
+        heartbeat_interval=args.heartbeat,
+        tolerable_loss=0.5,  # every plan passes: the tests count trials, not fallbacks
+    )
+    result = aq.tune(cancer.model, eval_fn, calib_data=cancer.calib, config=config)
+    print(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "stopped_because": result.stopped_because,
+                "n_evaluations": result.n_evaluations,
+                "calibration_passes": result.calibration_passes,
+                "best_trial": result.best_trial,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ is rebuilt from its plan at the end (builds are deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import logging
@@ -201,19 +202,25 @@ class _Engine:
             )
         self.stats = None
         self.calibration_passes = 0
-        if self.space.needs_calibration:
-            from autoquant.calibration import calibrate
-
-            self.stats = calibrate(
-                model, calib_data, backend=self.backend, max_samples=config.calib_samples
-            )
-            self.calibration_passes = 1
         self.multi = config.objective == "latency+size"
         self.scored = 0  # trials with full metrics so far
         self.baseline_metrics: Metrics | None = None
         from autoquant.backends.base import BuildReuse
 
         self.reuse = BuildReuse()
+
+    def calibrate(self) -> None:
+        """The one calibration pass (only when the space holds static configs)."""
+        if self.space.needs_calibration:
+            from autoquant.calibration import calibrate
+
+            self.stats = calibrate(
+                self.model,
+                self.calib_data,
+                backend=self.backend,
+                max_samples=self.config.calib_samples,
+            )
+            self.calibration_passes += 1
 
     # -- measuring ---------------------------------------------------------------------
     def _evaluate(self, model: nn.Module, reporter: Reporter | None) -> float:
@@ -445,37 +452,27 @@ def tune(
     config = config or TuningConfig()
     engine = _Engine(model, eval_fn, calib_data, config, example_inputs)
     log.info("%s", engine.space.describe())
-    baseline = engine.baseline()
-    log.info(
-        "fp32 baseline: accuracy %.6g, latency %.3f ms, %d bytes",
-        baseline.accuracy,
-        baseline.latency_ms,
-        baseline.size_bytes,
-    )
-
-    strategy = get_strategy(config.strategy)(
-        StrategyContext(engine.space, config, baseline, engine.sensitivity)
-    )
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        from autoquant.storage import mask_url, open_storage
+        study, created = _open_study(config, 2 if engine.multi else 1)
+        state = None
+        if config.storage is not None:
+            from autoquant.tuning._study_state import StudyState, fingerprint
 
-        study = optuna.create_study(
-            storage=open_storage(config.storage, heartbeat_interval=config.heartbeat_interval),
-            study_name=config.study_name,
-            load_if_exists=config.storage is not None,
-            directions=["minimize"] * (2 if engine.multi else 1),
-            sampler=strategy.sampler(),
-        )
-        recorded = {
-            k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()
-        }
-        recorded["storage"] = mask_url(config.storage)
-        study.set_user_attr("baseline", baseline.to_dict())
-        study.set_user_attr("config", recorded)
-        for cb in callbacks:
-            cb.on_start(space=engine.space, baseline=baseline, config=config, study=study)
+            state = StudyState(
+                study,
+                fingerprint(model, calib_data, config),
+                heartbeat_interval=config.heartbeat_interval,
+            )
+            state.check()
+        # One worker per study calibrates and measures the float baseline; the others
+        # wait for it and load both from the study (see tuning/_study_state.py).
+        lead = state is None or state.wait_until_ready(created=created)
+        with state.preparing() if state is not None and lead else contextlib.nullcontext():
+            baseline, strategy = _prepare(engine, study, state, lead)
+            for cb in callbacks:
+                cb.on_start(space=engine.space, baseline=baseline, config=config, study=study)
         records, stop = _search(engine, strategy, study, baseline, callbacks)
     finally:
         optuna.logging.set_verbosity(verbosity)
@@ -484,6 +481,81 @@ def tune(
     for cb in callbacks:
         cb.on_end(result)
     return result
+
+
+def _open_study(config: TuningConfig, n_objectives: int) -> tuple[Any, bool]:
+    """The study, and whether this call created it (workers that load it don't)."""
+    import optuna
+
+    from autoquant.storage import open_storage
+
+    directions = ["minimize"] * n_objectives
+    storage = open_storage(config.storage, heartbeat_interval=config.heartbeat_interval)
+    if storage is None:
+        return optuna.create_study(directions=directions), True
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=config.study_name, directions=directions
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=config.study_name, storage=storage)
+    if len(study.directions) != n_objectives:
+        raise ConfigError(
+            f"study {config.study_name!r} has {len(study.directions)} objective(s), but "
+            f"objective={config.objective!r} needs {n_objectives}. Use a new study_name "
+            "or the study's objective."
+        )
+    return study, False
+
+
+def _prepare(engine: _Engine, study: Any, state: Any, lead: bool) -> tuple[Metrics, Any]:
+    """Calibration, baseline and strategy: computed here, or loaded from the study."""
+    from autoquant.storage import mask_url
+
+    config = engine.config
+    stats = state.load_calibration() if state is not None else None
+    if stats is not None:
+        engine.stats = stats
+    else:
+        engine.calibrate()
+        if state is not None and engine.stats is not None:
+            state.save_calibration(engine.stats)
+    baseline = state.load_baseline() if state is not None else None
+    if baseline is not None:
+        engine.baseline_metrics = baseline
+        log.info("fp32 baseline (from the study): accuracy %.6g", baseline.accuracy)
+    else:
+        baseline = engine.baseline()
+        if state is not None:
+            state.save_baseline(baseline)
+        log.info(
+            "fp32 baseline: accuracy %.6g, latency %.3f ms, %d bytes",
+            baseline.accuracy,
+            baseline.latency_ms,
+            baseline.size_bytes,
+        )
+
+    def sensitivity() -> dict[str, float]:
+        scores = state.load_sensitivity() if state is not None else None
+        if scores is None:
+            scores = engine.sensitivity()
+            if state is not None:
+                state.save_sensitivity(scores)
+        return scores
+
+    strategy = get_strategy(config.strategy)(
+        StrategyContext(engine.space, config, baseline, sensitivity)
+    )
+    study.sampler = strategy.sampler()
+    if lead:
+        recorded = {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in config.to_dict().items()
+        }
+        recorded["storage"] = mask_url(config.storage)
+        study.set_user_attr("baseline", baseline.to_dict())
+        study.set_user_attr("config", recorded)
+    return baseline, strategy
 
 
 def _search(

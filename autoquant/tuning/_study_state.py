@@ -1,0 +1,193 @@
+"""What the workers of one study share and compute once: calibration, baseline, scores.
+
+All of it lives in the study's user attributes, keyed by a *fingerprint* of the model
+(structure and weights), the calibration data and the settings that change what a
+trial measures. The worker that creates the study prepares them (calibration pass,
+float baseline) while beating ``autoquant:preparing``; the others wait for
+``autoquant:ready`` and load them. If the preparing worker goes silent for three
+heartbeat intervals, a waiting one takes over. A later run on the same study name with
+a different model, data or settings is refused (it would mix incomparable trials).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoquant.errors import ConfigError
+
+__all__ = ["StudyState", "fingerprint"]
+
+log = logging.getLogger("autoquant.tuning")
+_PREFIX = "autoquant:"
+# Settings that change what a trial measures or which plans exist; the goal, strategy,
+# budget and seed may differ between runs and workers of one study.
+_FINGERPRINTED = (
+    "backend",
+    "calib_samples",
+    "objective",
+    "criterion",
+    "higher_is_better",
+    "search",
+    "approaches",
+    "observers",
+    "tie",
+    "include_simulated",
+    "latency_threads",
+    "latency_repeats",
+    "latency_warmup",
+)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()
+
+
+def fingerprint(model: nn.Module, calib_data: Iterable[Any] | None, config: Any) -> str:
+    """sha256 over the model (class, structure, every parameter and buffer), the
+    calibration samples tune() uses, and the measurement settings."""
+    from autoquant._data import iter_batches
+
+    h = hashlib.sha256()
+    h.update(f"{type(model).__module__}.{type(model).__qualname__}\n{model}".encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(_tensor_bytes(t))
+    if calib_data is not None:
+        for args, kwargs, n in iter_batches(calib_data, max_samples=config.calib_samples):
+            h.update(f"batch:{n}".encode())
+            for value in [*args, *(kwargs[k] for k in sorted(kwargs))]:
+                if isinstance(value, torch.Tensor):
+                    h.update(_tensor_bytes(value))
+                else:
+                    h.update(repr(value).encode())
+    settings = {k: getattr(config, k) for k in _FINGERPRINTED}
+    h.update(json.dumps(settings, sort_keys=True, default=list).encode())
+    return h.hexdigest()
+
+
+class StudyState:
+    """The shared, computed-once part of a study (see the module docstring)."""
+
+    def __init__(self, study: Any, fp: str, *, heartbeat_interval: float) -> None:
+        self.study, self.fp = study, fp
+        self.interval = float(heartbeat_interval)
+        self.grace = 3 * self.interval
+
+    def _attrs(self) -> dict[str, Any]:
+        return self.study.user_attrs
+
+    def get(self, name: str) -> Any:
+        return self._attrs().get(_PREFIX + name)
+
+    def put(self, name: str, value: Any) -> None:
+        self.study.set_user_attr(_PREFIX + name, value)
+
+    def check(self) -> None:
+        """Refuse a study that was prepared for another model, data or settings."""
+        existing = self.get("fingerprint")
+        if existing is None:
+            self.put("fingerprint", self.fp)
+        elif existing != self.fp:
+            raise ConfigError(
+                f"study {self.study.study_name!r} was created for a different model, "
+                "calibration data or measurement settings "
+                f"(fingerprint {existing[:12]}, this run {self.fp[:12]}; fingerprinted "
+                f"settings: {', '.join(_FINGERPRINTED)}). Use a new study_name, or run "
+                "with the same model, data and settings."
+            )
+
+    # -- who prepares ------------------------------------------------------------------
+    def wait_until_ready(self, *, created: bool) -> bool:
+        """Block while another worker prepares the study. Returns True when this worker
+        must prepare it (it created the study, or the preparing worker went silent)."""
+        if self.get("ready"):
+            return False
+        if created:
+            return True
+        t0 = time.time()
+        announced = False
+        while True:
+            if self.get("ready"):
+                return False
+            beat = self.get("preparing")
+            last = float(beat) if beat is not None else t0  # its creator may not beat yet
+            if time.time() - last > self.grace:
+                log.warning("the worker preparing study %r went silent; taking over", self.fp)
+                return True
+            if not announced:
+                log.info("waiting for another worker to calibrate and measure the baseline")
+                announced = True
+            time.sleep(0.25)
+
+    @contextmanager
+    def preparing(self) -> Iterator[None]:
+        """Beat ``autoquant:preparing`` until the block ends, then mark the study ready."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self.interval):
+                try:
+                    self.put("preparing", time.time())
+                except Exception:  # noqa: BLE001 - a missed beat only delays followers
+                    log.debug("preparing heartbeat failed", exc_info=True)
+
+        self.put("preparing", time.time())
+        thread = threading.Thread(target=loop, name="autoquant-preparing", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
+        self.put("ready", True)
+
+    # -- the shared values ---------------------------------------------------------------
+    def load_calibration(self) -> Any:
+        blob = self.get(f"calibration:{self.fp}")
+        if blob is None:
+            return None
+        from safetensors.torch import load
+
+        from autoquant.calibration import CalibrationStats
+
+        return CalibrationStats.from_tensors(load(zlib.decompress(base64.b64decode(blob))))
+
+    def save_calibration(self, stats: Any) -> None:
+        from safetensors.torch import save
+
+        raw = zlib.compress(save(stats.to_tensors()), 6)
+        self.put(f"calibration:{self.fp}", base64.b64encode(raw).decode("ascii"))
+
+    def load_baseline(self) -> Any:
+        from autoquant.tuning.result import Metrics
+
+        d = self.get(f"baseline:{self.fp}")
+        if d is None:
+            return None
+        return Metrics(**{**d, "simulated_ops": tuple(d.get("simulated_ops", ()))})
+
+    def save_baseline(self, metrics: Any) -> None:
+        self.put(f"baseline:{self.fp}", metrics.to_dict())
+
+    def load_sensitivity(self) -> dict[str, float] | None:
+        d = self.get(f"sensitivity:{self.fp}")
+        return None if d is None else {k: float(v) for k, v in d.items()}
+
+    def save_sensitivity(self, scores: dict[str, float]) -> None:
+        # JSON has no inf: an unscorable unit is "infinitely sensitive" either way.
+        self.put(f"sensitivity:{self.fp}", {k: min(v, 1e300) for k, v in scores.items()})

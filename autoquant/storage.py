@@ -15,9 +15,11 @@ A password never has to be in the URL: with ``AUTOQUANT_STORAGE_PASSWORD`` (or
 from __future__ import annotations
 
 import os
+import random
 import re
+import time
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from autoquant.errors import ConfigError
 
@@ -26,6 +28,14 @@ __all__ = ["open_storage", "mask_url", "PASSWORD_ENV", "PASSWORD_FILE_ENV"]
 PASSWORD_ENV = "AUTOQUANT_STORAGE_PASSWORD"
 PASSWORD_FILE_ENV = "AUTOQUANT_STORAGE_PASSWORD_FILE"
 _RDB = re.compile(r"^(sqlite|postgresql|postgres|mysql|mariadb|oracle|mssql)(\+\w+)?://")
+# Several workers opening a fresh database at once all see no tables and all create them:
+# all but one fail on "already exists" / a duplicate key (PostgreSQL: also in its catalog,
+# pg_type, for Optuna's enum types), or deadlock on each other's DDL. Such a failure means
+# another worker is creating (or has created) the schema; a retry finds it there.
+_SCHEMA_RACE = re.compile(
+    r"already exists|duplicate key|duplicate entry|deadlock|concurrently updated", re.IGNORECASE
+)
+_SCHEMA_RACE_TRIES = 6
 
 
 def mask_url(url: str | None) -> str | None:
@@ -44,7 +54,8 @@ def _with_password(url: str) -> str:
     path = os.environ.get(PASSWORD_FILE_ENV)
     if secret is None and path:
         try:
-            secret = open(path).read().strip()
+            with open(path) as fh:
+                secret = fh.read().strip()
         except OSError as exc:
             raise ConfigError(f"{PASSWORD_FILE_ENV}={path!r} cannot be read: {exc}") from exc
     parts = urlsplit(url)
@@ -57,7 +68,8 @@ def _with_password(url: str) -> str:
 def open_storage(url: str | None, *, heartbeat_interval: int | None = None) -> Any:
     """The Optuna storage for ``url`` (None: in memory). Fails fast on a bad URL.
 
-    ``heartbeat_interval`` (RDB only) lets Optuna fail the trials of dead workers; it
+    ``heartbeat_interval`` (RDB only) lets Optuna fail the trials of dead workers (silent
+    for 3 intervals, judged by the database server's clock); it
     needs a worker loop that beats, so it is off unless asked for.
     """
     if url is None:
@@ -82,23 +94,62 @@ def open_storage(url: str | None, *, heartbeat_interval: int | None = None) -> A
 
         return GrpcStorageProxy(host=host, port=int(port))
     if _RDB.match(url):
-        engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if url.startswith(("postgresql", "postgres")):
-            engine_kwargs["connect_args"] = {
-                "connect_timeout": 10
-            }  # a down server: seconds, not a hang
-        try:
-            return optuna.storages.RDBStorage(
-                _with_password(url),
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=None if heartbeat_interval is None else 2 * heartbeat_interval,
-            )
-        except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot use it"
-            raise ConfigError(
-                f"cannot open storage {mask_url(url)!r}: {type(exc).__name__}: {exc}"
-            ) from None
+        return _open_rdb(url, heartbeat_interval)
     raise ConfigError(
         f"storage URL must be sqlite:///..., postgresql://..., journal:///absolute/path.log "
         f"or grpc://host:port, but got {mask_url(url)!r}."
     )
+
+
+def _open_rdb(url: str, heartbeat_interval: int | None) -> Any:
+    """Optuna's RDBStorage for ``url``, creating its schema if the database has none yet.
+
+    Retries only the schema-creation race between workers starting together (a few
+    times, after a short random wait, so they do not collide again); anything else (down
+    server, wrong password, no such database, bad URL) is a ConfigError at once.
+    """
+    import optuna
+
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith(("postgresql", "postgres")):
+        engine_kwargs["connect_args"] = {
+            "connect_timeout": 10
+        }  # a down server: seconds, not a hang
+    full_url = _with_password(url)
+    for attempt in range(1, _SCHEMA_RACE_TRIES + 1):
+        try:
+            return optuna.storages.RDBStorage(
+                full_url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat_interval,
+                grace_period=None if heartbeat_interval is None else 3 * heartbeat_interval,
+            )
+        except Exception as exc:  # noqa: BLE001 - driver errors vary; all mean "cannot use it"
+            if attempt < _SCHEMA_RACE_TRIES and _is_schema_race(exc):
+                time.sleep(random.uniform(0.05, 0.25) * attempt)
+                continue
+            raise ConfigError(
+                f"cannot open storage {mask_url(url)!r}: {_describe(exc, full_url)}"
+            ) from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_schema_race(exc: Exception) -> bool:
+    try:
+        from sqlalchemy.exc import DBAPIError
+    except ImportError:  # pragma: no cover - optuna's RDB storage needs SQLAlchemy
+        return False
+    # DBAPIError: the database itself answered (IntegrityError, ProgrammingError,
+    # OperationalError, ...); a URL, driver or connection problem never matches the text.
+    return isinstance(exc, DBAPIError) and bool(_SCHEMA_RACE.search(str(exc.orig)))
+
+
+def _describe(exc: Exception, full_url: str) -> str:
+    """``exc`` in one short line, for a person: the driver's own message when there is one
+    (not SQLAlchemy's SQL dump and link), and never the password."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    password = urlsplit(full_url).password
+    for secret in {password, unquote(password)} if password else ():
+        text = text.replace(secret, "***")
+    return f"{type(exc).__name__}: {text}"

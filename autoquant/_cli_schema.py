@@ -91,14 +91,23 @@ class TrackingSection:
 
 @dataclass
 class StorageConfig:
-    # Optuna storage; None keeps the study in memory (one process). Distributed storages
-    # (journal file, PostgreSQL) are the next step of the roadmap.
+    # Optuna storage; None keeps the study in memory (one process). journal:///abs.log for
+    # workers on one machine, postgresql://user@host/db for workers on several.
     url: str | None = None
+    heartbeat_interval: int = 10  # seconds; a worker silent for 3 intervals is dead
 
 
 @dataclass
 class StudyConfig:
     name: str = "${model.name}-${strategy.name}"
+    # This worker's index: its sampler seed is tuning.seed + worker, so workers on one
+    # study propose different plans (launch=local sweeps it over range(launch.workers)).
+    worker: int = 0
+
+
+@dataclass
+class LaunchConfig:
+    workers: int = 1  # launch=local: how many worker processes on this machine
 
 
 @dataclass
@@ -118,6 +127,7 @@ class JobConfig:
     tracking: TrackingSection = MISSING
     storage: StorageConfig = MISSING
     study: StudyConfig = field(default_factory=StudyConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
 

@@ -124,11 +124,28 @@ def _tuning_config(cfg: DictConfig) -> Any:
         latency_warmup=int(t.latency.warmup),
         min_latency_gain=float(t.latency.min_gain),
         metric_bounds=None if m.bounds is None else float(m.bounds),
-        seed=int(t.seed),
+        # Workers of one study need different seeds, or they propose the same plans.
+        seed=int(t.seed) + int(cfg.study.worker),
         backend=cfg.backend.name,
         storage=cfg.storage.url,
         study_name=None if cfg.storage.url is None else str(cfg.study.name),
+        heartbeat_interval=int(cfg.storage.heartbeat_interval),
     )
+
+
+def _check_workers(cfg: DictConfig) -> None:
+    workers, worker = int(cfg.launch.workers), int(cfg.study.worker)
+    if workers < 1 or worker < 0:
+        raise SystemExit(
+            f"autoquant: launch.workers must be >= 1 and study.worker >= 0, but got "
+            f"launch.workers={workers}, study.worker={worker}."
+        )
+    if cfg.storage.url is None and (workers > 1 or worker > 0):
+        raise SystemExit(
+            f"autoquant: {workers} workers (study.worker={worker}) cannot share an in-memory "
+            "study. Use storage=journal (workers on this machine) or "
+            "storage.url=postgresql://user@host/db (workers on several machines)."
+        )
 
 
 def _factory_path(node: Any) -> str | None:
@@ -163,6 +180,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from autoquant.tracking import TrackingConfig, make_tracker
 
     started = time.monotonic()
+    _check_workers(cfg)
     config = _tuning_config(cfg)  # fails on a bad value before any model is loaded
     tracking = TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
     study_name = str(cfg.study.name)
@@ -189,6 +207,14 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tracking, study_name=study_name, run_config=run_config, model_factory=factory
     )
     progress = Progress(mode=cfg.output.progress, max_trials=config.max_trials)
+    best_so_far = _BestSoFar(
+        run_dir,
+        model,
+        calib,
+        config,
+        save_model=bool(cfg.output.save_model),
+        model_factory=factory,
+    )
     status = "FAILED"
     try:
         with warnings.catch_warnings():
@@ -199,7 +225,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 calib_data=calib,
                 config=config,
                 example_inputs=example,
-                callbacks=[progress, tracker],
+                callbacks=[progress, tracker, best_so_far],
             )
         progress.close()
         model_dir = run_dir / "model"
@@ -226,6 +252,69 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tracker.close(status)
     _print_report(result, summary, run_dir, tracking)
     return summary
+
+
+class _BestSoFar:  # a TuningCallback (not subclassed: cli.py stays import-light)
+    """Keeps the best passing model found so far on disk while the search runs
+    (``best_so_far/``: plan, metrics, model), so a study killed at any point leaves its
+    best result behind. Overwritten (atomically) only when the best trial changes."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        model: Any,
+        calib: Any,
+        config: Any,
+        *,
+        save_model: bool,
+        model_factory: str | None,
+    ) -> None:
+        self.dir = run_dir / "best_so_far"
+        self.model, self.calib, self.config = model, calib, config
+        self.save_model, self.model_factory = save_model, model_factory
+        self.number: int | None = None
+
+    def on_start(self, **_: Any) -> None:
+        pass
+
+    def on_end(self, result: Any) -> None:
+        pass
+
+    def on_trial(self, record: Any, *, evaluations: int, best: Any) -> None:
+        import shutil
+        import tempfile
+
+        import autoquant
+
+        if best is None or best.number == self.number:
+            return
+        self.number = best.number
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".best_so_far-", dir=self.dir.parent))
+        info = {
+            "trial": best.number,
+            "evaluations_so_far": evaluations,
+            "plan_hash": best.plan_hash,
+            "metrics": best.metrics.to_dict(),
+        }
+        (tmp / "best.json").write_text(json.dumps(info, indent=2))
+        (tmp / "best_plan.yaml").write_text(best.plan.to_yaml())
+        if self.save_model:
+            # Rebuilt from its plan (trial candidates are freed after each trial).
+            quantized = autoquant.quantize(
+                self.model,
+                best.plan,
+                calib_data=self.calib,
+                backend=self.config.backend,
+                max_samples=self.config.calib_samples,
+            )
+            autoquant.save(quantized, tmp / "model", model_factory=self.model_factory)
+        old = self.dir.with_name(".best_so_far-old")
+        shutil.rmtree(old, ignore_errors=True)
+        if self.dir.exists():
+            self.dir.rename(old)
+        tmp.rename(self.dir)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _summary(
@@ -265,6 +354,8 @@ def _summary(
         "model_path": None if model_dir is None else str(model_dir),
         "model_factory": _factory_path(cfg.model.factory),
         "storage": _masked(cfg.storage.url),
+        "worker": int(cfg.study.worker),
+        "calibration_passes": result.calibration_passes,
         "mlflow_run_id": tracker.run_id,
         "mlflow_tracking_uri": tracker.tracking_uri,
         "elapsed_s": time.monotonic() - started,

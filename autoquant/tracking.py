@@ -83,6 +83,7 @@ _MAX_PARAM = 500
 _MAX_TAG = 5000
 _MAX_KEY = 250
 _BATCH = 100  # params/tags per log_batch call (MLflow's limit)
+_PARENT_ATTR = "autoquant:mlflow_parent"  # study user attr: the parent run of all workers
 _TRUNCATED = "...[truncated]"
 _FP32 = "fp32"
 _ALIAS = "best"
@@ -386,6 +387,8 @@ class MlflowTracker(Tracker):
         self._tuning: Any = None
         self._status: str | None = None  # the parent run's final status once ended
         self._started = False
+        self._joined = False  # logging under a parent run that another worker created
+        self._final = True  # False once on_end saw other workers' trials still running
 
     def __repr__(self) -> str:
         return (
@@ -484,8 +487,15 @@ class MlflowTracker(Tracker):
             tags["mlflow.user"] = getpass.getuser()
         if self.model_factory:
             tags["autoquant.model_factory"] = self.model_factory
+        shared = getattr(config, "storage", None) is not None
+        if shared and self._join_parent(study):
+            return  # another worker (or an earlier run) of this study made the parent
         run = self._client.create_run(self.experiment_id, run_name=self.study_name, tags=tags)
         self.run_id = run.info.run_id
+        if shared:
+            study.set_user_attr(
+                _PARENT_ATTR, {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
+            )
         params = _flatten(self.run_config)
         if dataclasses.is_dataclass(config):
             for k, v in dataclasses.asdict(config).items():
@@ -508,6 +518,26 @@ class MlflowTracker(Tracker):
                 "search_space.txt": space.describe() + "\n",
             },
         )
+
+    def _join_parent(self, study: Any) -> bool:
+        """Attach to the study's parent run if one exists in this tracking store.
+
+        All workers of a study (and every restart of it) log their trials under one
+        parent: the first to start creates it and records its id in the study. The
+        study's worker that prepares it (see tune) starts first, so workers don't race.
+        """
+        known = study.user_attrs.get(_PARENT_ATTR)
+        if not known or known.get("tracking_uri") != self.tracking_uri:
+            return False
+        try:
+            run = self._client.get_run(known["run_id"])
+        except Exception:  # noqa: BLE001 - deleted or from a wiped store: make a new one
+            return False
+        if run.info.lifecycle_stage != "active":
+            return False
+        self.run_id = run.info.run_id
+        self._joined = True
+        return True
 
     def on_trial(self, record: TrialRecord, *, evaluations: int, best: TrialRecord | None) -> None:
         t0 = time.perf_counter()
@@ -611,7 +641,13 @@ class MlflowTracker(Tracker):
                         client.log_artifacts(parent, tmp, "plots")
             except Exception as exc:  # noqa: BLE001 - plots must not lose the result
                 problems.append(f"plots: {type(exc).__name__}: {exc}")
-        if self.config.log_model:
+        # With several workers, each logs its view of the study when it stops; the one
+        # that stops last (no trial left running) logs and registers the model and ends
+        # the parent run, so the registry gets one version per study, not per worker.
+        self._final = self._study_finished(result)
+        if not self._final:
+            self._log_batch(parent, tags={"autoquant.model": "logged by the last worker"})
+        if self.config.log_model and self._final:
             try:
                 self._log_best_model(result, summary)
             except Exception as exc:  # noqa: BLE001 - neither may the registry
@@ -758,8 +794,30 @@ class MlflowTracker(Tracker):
         else:
             raise FileNotFoundError(f"nothing to log at {local_dir!r}")
 
+    def _study_finished(self, result: TuningResult) -> bool:
+        """Whether this worker is the one that finishes the study: nothing is running
+        and it told the study's last trial. Every worker reads the same final study,
+        so exactly one of them concludes it is the last."""
+        if getattr(result.config, "storage", None) is None:
+            return True
+        from optuna.trial import TrialState
+
+        from autoquant.tuning._coordination import WORKER
+
+        trials = result.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.RUNNING for t in trials):
+            return False
+        done = [t for t in trials if t.datetime_complete is not None and "worker" in t.user_attrs]
+        if not done:
+            return True
+        last = max(done, key=lambda t: (t.datetime_complete, t.number))
+        return last.user_attrs["worker"] == WORKER
+
     def _end(self, status: str) -> None:
         if self.run_id is None:
+            return
+        if not self._final:
+            self._status = status  # other workers still log under the parent: leave it open
             return
         self._client.set_terminated(self.run_id, status=status)
         self._status = status

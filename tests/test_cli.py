@@ -46,7 +46,7 @@ def test_help_is_quick_and_lists_the_groups(tmp_path: Path) -> None:
         ("tuning.tolerable_los=0.1", "Did you mean 'tuning.tolerable_loss'?"),
         ("tuning.max_trials=abc", "could not be converted to Integer"),
         ("strategy=bogus", "Available options in 'strategy'"),
-        ("bogus.key=1", "Top-level keys: backend, data, model"),
+        ("bogus.key=1", "Top-level keys: backend, data, launch, model"),
     ],
 )
 def test_bad_config_fails_fast_with_a_clear_message(

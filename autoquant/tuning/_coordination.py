@@ -177,13 +177,14 @@ class Coordinator:
 
         ``deadline`` (``time.monotonic()``): stop waiting for other workers then.
         """
+        if self.shared:
+            trial.set_user_attr("worker", WORKER)
         if not plan.quantized:
             return Decision("skipped")
         if not self.shared:
             self.refresh()
             previous = self.by_plan.get(plan.hash)
             return Decision("evaluate") if previous is None else Decision("cached", previous)
-        trial.set_user_attr("worker", WORKER)
         trial.set_user_attr("plan_hash", plan.hash)
         trial.set_user_attr("state", "claimed")
         announced = "claimed"

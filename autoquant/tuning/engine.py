@@ -454,6 +454,12 @@ def tune(
     log.info("%s", engine.space.describe())
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet = warnings.catch_warnings()
+    quiet.__enter__()
+    # Heartbeats and stale-trial reaping are "experimental" in Optuna and meant for
+    # Study.optimize; we drive them from the ask/tell loop on purpose (one warning per ask).
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     try:
         study, created = _open_study(config, 2 if engine.multi else 1)
         state = None
@@ -475,6 +481,7 @@ def tune(
                 cb.on_start(space=engine.space, baseline=baseline, config=config, study=study)
         records, stop = _search(engine, strategy, study, baseline, callbacks)
     finally:
+        quiet.__exit__(None, None, None)
         optuna.logging.set_verbosity(verbosity)
     result = _result(engine, study, records, baseline, stop)
     result.sensitivity = strategy.context.scores

@@ -176,3 +176,50 @@ def test_sweep_over_models_pairs_each_model_with_its_data(tmp_path: Path) -> Non
     assert "autoquant.examples.digits.eval_fn" in out.stdout
     out = _run(["model=minilm", "--cfg", "job"], tmp_path)
     assert "autoquant.examples.minilm.eval_fn" in out.stdout
+
+
+def test_launch_local_runs_workers_on_one_study_with_one_mlflow_parent(tmp_path: Path) -> None:
+    out = _run(
+        [
+            "-m",
+            "launch=local",
+            "launch.workers=3",
+            "strategy=random",
+            "tuning.max_trials=6",
+            "storage.heartbeat_interval=2",
+            *FAST[1:],
+        ],
+        tmp_path,
+        timeout=400,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summaries = [
+        json.loads(p.read_text()) for p in sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
+    ]
+    assert sorted(s["worker"] for s in summaries) == [0, 1, 2]
+    assert {s["n_evaluations"] for s in summaries} == {6}  # one budget for the study
+    assert sum(s["calibration_passes"] for s in summaries) == 1
+    assert len({s["mlflow_run_id"] for s in summaries}) == 1
+    assert all(s["storage"].startswith("journal://") for s in summaries)
+
+    runs = _mlflow_runs(tmp_path / "mlflow.db")
+    parents = [r for r in runs if r.data.tags.get("autoquant.role") == "study"]
+    trials = [r for r in runs if r.data.tags.get("autoquant.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    numbers = [int(r.data.tags["trial"]) for r in trials]
+    assert len(numbers) == len(set(numbers))  # none duplicated
+    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    evaluated = [r for r in trials if r.data.tags["state"] in ("pass", "fail", "pruned", "error")]
+    assert len(evaluated) == 6  # none lost
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    versions = client.search_model_versions("name='digits_cnn-random'")
+    assert len(versions) == 1  # registered once per study, not once per worker
+
+
+def test_workers_need_a_shared_storage(tmp_path: Path) -> None:
+    out = _run(["-m", "launch=local", "storage=memory", *FAST], tmp_path)
+    assert out.returncode != 0
+    assert "cannot share an in-memory study" in out.stderr

@@ -1,0 +1,149 @@
+"""Many worker processes on one study, on the journal file and on a real PostgreSQL.
+
+Every worker is a real OS process (``_worker.py``: the breast-cancer MLP, real int8
+builds) sharing nothing but the storage. PostgreSQL cases use the ``postgres_url``
+fixture (a fresh database per test; skipped unless AUTOQUANT_TEST_POSTGRES is set,
+which ``.ci/run`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import autoquant as aq
+from autoquant.storage import open_storage
+
+from ._helpers import fast_config, train_cancer
+
+WORKER = Path(__file__).with_name("_worker.py")
+EVALUATED = ("pass", "fail", "pruned", "error")
+
+
+@pytest.fixture(params=["journal", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "journal":
+        return f"journal://{tmp_path / 'study.log'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def _start(url: str, study: str, seed: int, *extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), url, study, "--seed", str(seed), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def _finish(proc: subprocess.Popen[str], timeout: float = 240) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"worker failed:\n{err[-3000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _trials(url: str, study: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials()
+
+
+def _evaluated(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in trials if t.user_attrs.get("state") in EVALUATED]
+
+
+def test_three_workers_share_one_budget_without_duplicate_plans(storage_url: str) -> None:
+    workers = [
+        _start(storage_url, "shared", seed, "--max-trials", "9", "--sleep", "0.5")
+        for seed in (1, 2, 3)
+    ]
+    results = [_finish(w) for w in workers]
+
+    trials = _trials(storage_url, "shared")
+    evaluated = _evaluated(trials)
+    assert len(evaluated) == 9  # max_trials counts the study, not each worker
+    hashes = [t.user_attrs["plan_hash"] for t in evaluated]
+    assert len(set(hashes)) == 9  # no plan evaluated twice across workers
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    # Warm start (the default plan) evaluated once in total; other copies are cached.
+    default_runs = Counter(hashes)[trials[0].user_attrs["plan_hash"]]
+    assert default_runs == 1
+    # The work was shared, calibration ran once for the whole study.
+    by_worker = Counter(t.user_attrs["worker"] for t in evaluated)
+    assert len(by_worker) == 3, by_worker
+    assert sum(r["calibration_passes"] for r in results) == 1
+    assert {r["stopped_because"] for r in results} == {"max_trials"}
+    assert {r["n_evaluations"] for r in results} == {9}  # each sees the whole study
+    assert len({r["best_trial"] for r in results}) == 1
+
+
+def test_a_worker_killed_mid_trial_leaves_nothing_running(storage_url: str, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    extra = ("--max-trials", "7", "--sleep", "1.5", "--heartbeat", "1", "--mark", str(marks))
+    workers = [_start(storage_url, "killed", seed, *extra) for seed in (1, 2, 3)]
+    victim = workers[1]
+    deadline = time.monotonic() + 120
+    while not (marks / f"{victim.pid}.evaluating").exists():
+        assert time.monotonic() < deadline, "the worker never started a trial"
+        assert victim.poll() is None, victim.communicate()[1][-3000:]
+        time.sleep(0.05)
+    time.sleep(0.3)
+    victim.send_signal(signal.SIGKILL)  # kill -9, mid-evaluation
+    victim.wait()
+    results = [_finish(w) for w in (workers[0], workers[2])]
+
+    trials = _trials(storage_url, "killed")
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    dead = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim.pid}")]
+    lost = [t for t in dead if t.state == TrialState.FAIL]
+    assert lost, [(t.number, t.state, t.user_attrs.get("state")) for t in dead]
+    killed_plan = lost[-1].user_attrs["plan_hash"]
+    evaluated = _evaluated(trials)
+    # The killed trial's plan was evaluated by a surviving worker (retried or taken over).
+    assert killed_plan in {t.user_attrs["plan_hash"] for t in evaluated}
+    assert len(evaluated) == 7
+    assert len({t.user_attrs["plan_hash"] for t in evaluated}) == 7
+    assert {r["stopped_because"] for r in results} == {"max_trials"}
+
+
+def test_restarted_study_does_not_rerun_finished_trials(storage_url: str) -> None:
+    first = _finish(_start(storage_url, "restart", 1, "--max-trials", "3"))
+    before = {t.user_attrs["plan_hash"] for t in _evaluated(_trials(storage_url, "restart"))}
+    assert first["n_evaluations"] == 3 and len(before) == 3
+
+    # Two workers resume it with a larger budget: only 3 new plans are evaluated.
+    resumed = [_start(storage_url, "restart", s, "--max-trials", "6") for s in (2, 3)]
+    results = [_finish(w) for w in resumed]
+    evaluated = _evaluated(_trials(storage_url, "restart"))
+    assert len(evaluated) == 6 and len({t.user_attrs["plan_hash"] for t in evaluated}) == 6
+    assert before <= {t.user_attrs["plan_hash"] for t in evaluated}
+    assert sum(r["calibration_passes"] for r in results) == 0  # shared from the first run
+
+
+def test_a_study_refuses_another_model(tmp_path: Path) -> None:
+    cancer = train_cancer()
+    url = f"journal://{tmp_path / 'study.log'}"
+    config = fast_config(strategy="random", max_trials=1, storage=url, study_name="mine")
+    aq.tune(cancer.model, cancer.accuracy, calib_data=cancer.calib, config=config)
+    other = train_cancer()
+    other.model.fc2.weight.data.mul_(1.01)
+    with pytest.raises(aq.ConfigError, match="different model"):
+        aq.tune(other.model, other.accuracy, calib_data=other.calib, config=config)
+    with pytest.raises(aq.ConfigError, match="objective"):
+        aq.tune(
+            cancer.model,
+            cancer.accuracy,
+            calib_data=cancer.calib,
+            config=config.replace(objective="latency+size"),
+        )

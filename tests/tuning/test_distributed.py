@@ -147,3 +147,34 @@ def test_a_study_refuses_another_model(tmp_path: Path) -> None:
             calib_data=cancer.calib,
             config=config.replace(objective="latency+size"),
         )
+
+
+def test_workers_through_the_grpc_proxy(tmp_path: Path) -> None:
+    pytest.importorskip("grpc", reason="the grpc extra is not installed")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parents[2] / "scripts" / "grpc_proxy.py"),
+            f"journal://{tmp_path / 'behind-proxy.log'}",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = f"grpc://127.0.0.1:{port}"
+        workers = [_start(url, "proxied", s, "--max-trials", "4", "--sleep", "0.3") for s in (1, 2)]
+        results = [_finish(w) for w in workers]
+        evaluated = _evaluated(_trials(url, "proxied"))
+        assert len(evaluated) == 4 and len({t.user_attrs["plan_hash"] for t in evaluated}) == 4
+        assert sum(r["calibration_passes"] for r in results) == 1
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)

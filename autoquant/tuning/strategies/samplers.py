@@ -50,8 +50,13 @@ class TPEStrategy(SamplerStrategy):
     name = "tpe"
 
     def sampler(self) -> optuna.samplers.BaseSampler:
+        # With workers sharing the study, running trials count as bad ones ("constant
+        # liar"), so parallel workers spread out instead of proposing the same region.
         return optuna.samplers.TPESampler(
-            seed=self.config.seed, multivariate=True, n_startup_trials=5
+            seed=self.config.seed,
+            multivariate=True,
+            n_startup_trials=5,
+            constant_liar=self.config.storage is not None,
         )
 
 

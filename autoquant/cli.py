@@ -182,6 +182,10 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     started = time.monotonic()
     _check_workers(cfg)
     config = _tuning_config(cfg)  # fails on a bad value before any model is loaded
+    if config.storage is not None:
+        from autoquant.storage import open_storage
+
+        open_storage(config.storage)  # a bad URL or a down database: fail before loading
     tracking = TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
     study_name = str(cfg.study.name)
     torch.manual_seed(config.seed)
@@ -387,8 +391,16 @@ def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from autoquant.errors import AutoQuantError
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    summary = run_job(cfg, run_dir)
+    try:
+        summary = run_job(cfg, run_dir)
+    except AutoQuantError as exc:
+        # Bad configuration (a storage that cannot be opened, a study made for another
+        # model, ...): the message says what to change; a traceback would bury it.
+        print(f"autoquant: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     # Returned to Hydra: a sweeper can optimise over it.
     return float(summary["best"]["latency_ms"])
 

@@ -115,7 +115,7 @@ def _open_rdb(url: str, heartbeat_interval: int | None) -> Any:
         engine_kwargs["connect_args"] = {
             "connect_timeout": 10
         }  # a down server: seconds, not a hang
-    full_url = _with_password(url)
+    full_url = _with_password(_with_driver(url))
     for attempt in range(1, _SCHEMA_RACE_TRIES + 1):
         try:
             return optuna.storages.RDBStorage(
@@ -132,6 +132,26 @@ def _open_rdb(url: str, heartbeat_interval: int | None) -> Any:
                 f"cannot open storage {mask_url(url)!r}: {_describe(exc, full_url)}"
             ) from None
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _with_driver(url: str) -> str:
+    """A PostgreSQL URL without a driver gets the one that is installed.
+
+    SQLAlchemy 2.1 maps plain ``postgresql://`` to psycopg 3; our ``postgres`` extra
+    installs psycopg2. Plain URLs work with either; an explicit ``+driver`` is kept.
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres"):
+        return url
+    for module, driver in (("psycopg2", "psycopg2"), ("psycopg", "psycopg")):
+        if importlib.util.find_spec(module) is not None:
+            return f"postgresql+{driver}{sep}{rest}"
+    raise ConfigError(
+        f"storage URL {mask_url(url)!r} needs a PostgreSQL driver: install the postgres "
+        "extra (pip install -e '.[postgres]', i.e. psycopg2-binary) or psycopg."
+    )
 
 
 def _is_schema_race(exc: Exception) -> bool:

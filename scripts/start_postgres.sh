@@ -118,10 +118,20 @@ ALTER ROLE $ROLE WITH LOGIN CREATEDB PASSWORD '$literal';
 SQL
 }
 
+# The database conf/storage/postgresql.yaml points at: owned by the role, so Optuna may
+# create its tables there (PostgreSQL 15 lets only the owner create in "public").
+ensure_db() {
+    PGPASSWORD="$PASSWORD" PGCONNECT_TIMEOUT=3 "$BIN/psql" -X -q -w -v ON_ERROR_STOP=1 \
+        -h 127.0.0.1 -p "$PORT" -U "$ROLE" -d postgres >/dev/null 2>&1 <<SQL
+SELECT 'CREATE DATABASE $ROLE OWNER $ROLE' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$ROLE') \\gexec
+SQL
+}
+
 BIN="$(find_bindir || true)"
 
 # Fast path: already up, with our role (a second run, or a server someone else provides).
 if role_works; then
+    ensure_db || ensure_db || die "role '$ROLE' cannot create its database '$ROLE'."
     echo "$URL"
     exit 0
 fi
@@ -234,4 +244,5 @@ for _ in 1 2 3; do
     err="$(ensure_role "$DATA")" || sleep 1
 done
 role_works || die "the server runs, but role '$ROLE' cannot log in over TCP on 127.0.0.1:$PORT. ${err}"
+ensure_db || ensure_db || die "role '$ROLE' cannot create its database '$ROLE'."
 echo "$URL"

@@ -223,3 +223,13 @@ def test_workers_need_a_shared_storage(tmp_path: Path) -> None:
     out = _run(["-m", "launch=local", "storage=memory", *FAST], tmp_path)
     assert out.returncode != 0
     assert "cannot share an in-memory study" in out.stderr
+
+
+def test_a_database_that_is_down_is_a_clear_error_within_seconds(tmp_path: Path) -> None:
+    t0 = time.monotonic()
+    out = _run(["storage.url=postgresql://tuner:hunter2@127.0.0.1:1/studies", *FAST], tmp_path)
+    assert time.monotonic() - t0 < 30  # ~4 s: interpreter and Hydra start-up included
+    assert out.returncode == 2
+    assert "cannot open storage 'postgresql://tuner:***@127.0.0.1:1/studies'" in out.stderr
+    assert "Connection refused" in out.stderr and "hunter2" not in out.stderr
+    assert "Traceback" not in out.stderr

@@ -44,7 +44,10 @@ log = logging.getLogger("autoquant.tuning")
 
 EVALUATED_STATES = ("pass", "fail", "pruned", "error")
 FINAL_STATES = (*EVALUATED_STATES, "cached", "skipped", "surplus")
-_IN_FLIGHT = ("claimed", "evaluating")  # count against the budget while running
+# Count against the budget while running: deciding, evaluating, or evaluated and being
+# told (the final state is written a few storage calls before the trial finishes).
+_IN_FLIGHT = ("claimed", "evaluating", *EVALUATED_STATES)
+_HOLDING = ("evaluating", *EVALUATED_STATES)  # the plan's result is on its way
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # recorded on each trial it claims
 GRACE_BEATS = 3  # a trial silent this many heartbeat intervals is dead
@@ -153,6 +156,20 @@ class Coordinator:
             if t.number != exclude and not self._stale(t)
         )
 
+    def being_evaluated(self, plan_hash: str) -> bool:
+        """Whether another worker holds ``plan_hash`` right now (result not in yet)."""
+        if not self.shared:
+            return False
+        view = self.refresh()
+        if plan_hash in self.by_plan:
+            return False
+        return any(
+            t.user_attrs.get("plan_hash") == plan_hash
+            and t.user_attrs.get("state") in ("claimed", *_HOLDING)
+            for t in view.running
+            if not self._stale(t)
+        )
+
     # -- the budget --------------------------------------------------------------------
     def budget(self) -> str:
         """``done`` (the study has max_trials evaluations), ``full`` (the rest are in
@@ -226,7 +243,7 @@ class Coordinator:
         for t in view.running:
             if t.number == me or self._stale(t) or t.user_attrs.get("plan_hash") != plan_hash:
                 continue
-            if t.number < me or t.user_attrs.get("state") == "evaluating":
+            if t.number < me or t.user_attrs.get("state") in _HOLDING:
                 return True
         now = time.monotonic()
         for t in view.waiting:

@@ -631,7 +631,12 @@ def _search(
             continue
         if asked >= max_asks:
             return finish("no new plans (the sampler keeps proposing evaluated ones)")
-        if proposal is not SAMPLE:
+        filling = (
+            proposal is not SAMPLE
+            and strategy.fill_while_waiting
+            and coord.being_evaluated(engine.space.plan(proposal).hash)
+        )
+        if proposal is not SAMPLE and not filling:
             study.enqueue_trial(proposal)
         trial = study.ask(distributions)
         asked += 1
@@ -672,8 +677,10 @@ def _search(
             cb.on_trial(record, evaluations=coord.evaluations, best=best)
         if record.passed and config.stop_on_first_pass:
             return finish("first pass")
-        if record.state == "surplus":
-            continue  # the proposal was not tried: offer it again if the budget frees up
+        if record.state == "surplus" or filling:
+            # The proposal was not tried (budget spent, or another worker is evaluating
+            # it): offer it again; once its result is in, it is a cached trial.
+            continue
         try:
             proposal = steps.send(record)
         except StopIteration:

@@ -76,6 +76,10 @@ class Strategy(ABC):
     """Base class of tuning strategies."""
 
     name: ClassVar[str]
+    # With workers sharing a study: while another worker evaluates the plan this strategy
+    # proposed, evaluate sampled plans instead of waiting (samplers: warm starts are only
+    # hints). Deterministic orders (basic, sensitivity) wait: each step needs the last.
+    fill_while_waiting: ClassVar[bool] = False
 
     def __init__(self, context: StrategyContext) -> None:
         self.context = context

@@ -23,6 +23,7 @@ class SamplerStrategy(Strategy):
     """Warm starts, then the Optuna sampler of the subclass."""
 
     warm_starts: ClassVar[bool] = True
+    fill_while_waiting: ClassVar[bool] = True
 
     def steps(self) -> Steps:
         space = self.space

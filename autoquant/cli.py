@@ -207,6 +207,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["storage"]["url"] = mask_url(cfg.storage.url)  # never log a password
+    run_config["tracking"]["uri"] = mask_url(cfg.tracking.uri)
     tracker = make_tracker(
         tracking, study_name=study_name, run_config=run_config, model_factory=factory
     )
@@ -361,7 +362,7 @@ def _summary(
         "worker": int(cfg.study.worker),
         "calibration_passes": result.calibration_passes,
         "mlflow_run_id": tracker.run_id,
-        "mlflow_tracking_uri": tracker.tracking_uri,
+        "mlflow_tracking_uri": _masked(tracker.tracking_uri),
         "elapsed_s": time.monotonic() - started,
     }
 
@@ -381,7 +382,7 @@ def _print_report(result: Any, summary: dict[str, Any], run_dir: Path, tracking:
     if summary["model_path"]:
         print(f"  model:      {summary['model_path']}  (autoquant.load(path))")
     if summary["mlflow_run_id"]:
-        print(f"MLflow run {summary['mlflow_run_id']} in {tracking.uri}")
+        print(f"MLflow run {summary['mlflow_run_id']} in {_masked(tracking.uri)}")
         if tracking.uri.startswith("sqlite:"):
             print(f"  open it with: mlflow ui --backend-store-uri {tracking.uri}")
 

@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoquant.errors import ConfigError
+from autoquant.storage import mask_url
 from autoquant.tuning.callbacks import TuningCallback
 
 if TYPE_CHECKING:
@@ -336,7 +337,8 @@ def _now_ms() -> int:
 @contextlib.contextmanager
 def _quiet_urls() -> Iterator[None]:
     """Stop MLflow printing "View run ... at: <url>" (and fetching the run for it) when
-    a run ends on a tracking server; the parent run still prints its link."""
+    a run ends on a tracking server; the parent run still prints its link (unless its
+    URL holds a password)."""
     key = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
     before = os.environ.get(key)
     os.environ[key] = "true"
@@ -392,7 +394,7 @@ class MlflowTracker(Tracker):
 
     def __repr__(self) -> str:
         return (
-            f"MlflowTracker(uri={self.tracking_uri!r}, experiment={self.experiment!r}, "
+            f"MlflowTracker(uri={mask_url(self.tracking_uri)!r}, experiment={self.experiment!r}, "
             f"run_id={self.run_id!r})"
         )
 
@@ -428,7 +430,7 @@ class MlflowTracker(Tracker):
                     raise exc from None
         if exp.lifecycle_stage != "active":
             raise ConfigError(
-                f"MLflow experiment {self.experiment!r} at {self.tracking_uri} is deleted; "
+                f"MLflow experiment {self.experiment!r} at {mask_url(self.tracking_uri)} is deleted; "
                 "restore it (`mlflow experiments restore`) or choose another "
                 "TrackingConfig.experiment."
             )
@@ -494,12 +496,14 @@ class MlflowTracker(Tracker):
         self.run_id = run.info.run_id
         if shared:
             study.set_user_attr(
-                _PARENT_ATTR, {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
+                _PARENT_ATTR, {"tracking_uri": mask_url(self.tracking_uri), "run_id": self.run_id}
             )
         params = _flatten(self.run_config)
         if dataclasses.is_dataclass(config):
             for k, v in dataclasses.asdict(config).items():
                 params.setdefault(f"tuner.{k}", list(v) if isinstance(v, tuple) else v)
+        if params.get("tuner.storage"):
+            params["tuner.storage"] = mask_url(params["tuner.storage"])  # never a password
         params.setdefault("space.units", len(space))
         params.setdefault("space.log10_size", round(space.log10_size, 2))
         params.setdefault("space.tie", space.tie)
@@ -527,7 +531,7 @@ class MlflowTracker(Tracker):
         study's worker that prepares it (see tune) starts first, so workers don't race.
         """
         known = study.user_attrs.get(_PARENT_ATTR)
-        if not known or known.get("tracking_uri") != self.tracking_uri:
+        if not known or known.get("tracking_uri") != mask_url(self.tracking_uri):
             return False
         try:
             run = self._client.get_run(known["run_id"])
@@ -819,7 +823,10 @@ class MlflowTracker(Tracker):
         if not self._final:
             self._status = status  # other workers still log under the parent: leave it open
             return
-        self._client.set_terminated(self.run_id, status=status)
+        # MLflow prints the parent's link when it ends; not when the URL holds a password.
+        quiet = _quiet_urls() if mask_url(self.tracking_uri) != self.tracking_uri else None
+        with quiet or contextlib.nullcontext():
+            self._client.set_terminated(self.run_id, status=status)
         self._status = status
 
     def close(self, status: str = "FINISHED") -> None:

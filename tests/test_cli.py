@@ -122,6 +122,13 @@ def test_default_job_end_to_end(tmp_path: Path) -> None:
         autoquant.Plan.from_yaml(Path(summary["best_plan_path"]).read_text()).hash
         == summary["best_plan_hash"]
     )
+    # best_so_far/ (kept up to date during the search) ends at the same trial.
+    so_far = json.loads((run_dir / "best_so_far" / "best.json").read_text())
+    assert so_far["trial"] == summary["best_trial"]
+    assert so_far["plan_hash"] == summary["best_plan_hash"]
+    early = autoquant.load(run_dir / "best_so_far" / "model")
+    with torch.inference_mode():
+        assert torch.equal(early(x), loaded(x))
 
 
 def test_tracking_off_writes_no_database(tmp_path: Path) -> None:

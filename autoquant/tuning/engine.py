@@ -671,8 +671,8 @@ def _search(
             continue
         coord.add(record)
         _log_trial(record, coord.evaluations, config)
-        passing = [r for r in coord.by_plan.values() if r.passed]
-        best = min(passing, key=lambda r: engine.objective_values(r.metrics)) if passing else None
+        passing = [r for r in coord.by_plan.values() if r.passed and r.metrics is not None]
+        best = _choose(passing, config) if passing else None  # what the result would pick
         for cb in callbacks:
             cb.on_trial(record, evaluations=coord.evaluations, best=best)
         if record.passed and config.stop_on_first_pass:

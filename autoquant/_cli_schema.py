@@ -101,13 +101,15 @@ class StorageConfig:
 class StudyConfig:
     name: str = "${model.name}-${strategy.name}"
     # This worker's index: its sampler seed is tuning.seed + worker, so workers on one
-    # study propose different plans (launch=local sweeps it over range(launch.workers)).
+    # study propose different plans (launch.workers=N numbers its workers from here).
     worker: int = 0
 
 
 @dataclass
 class LaunchConfig:
-    workers: int = 1  # launch=local: how many worker processes on this machine
+    # >1: this job starts that many worker processes on this machine, all on one study
+    # (needs a shared storage, e.g. storage=journal), and waits for them.
+    workers: int = 1
 
 
 @dataclass

@@ -387,6 +387,28 @@ def _print_report(result: Any, summary: dict[str, Any], run_dir: Path, tracking:
             print(f"  open it with: mlflow ui --backend-store-uri {tracking.uri}")
 
 
+def _run_workers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """``launch.workers=N``: N worker processes on one study (see autoquant/_workers.py)."""
+    from autoquant._workers import supervise
+
+    _check_workers(cfg)
+    summary = supervise(cfg, run_dir)
+    print(
+        f"\nstudy {summary['study']}: goal {'MET' if summary['met'] else 'NOT MET'}, "
+        f"{summary['n_evaluations']} evaluations by {len(summary['workers'])} workers, "
+        f"best trial {summary['best_trial']}: speedup {summary['speedup']:.2f}x, "
+        f"{summary['size_reduction']:.2f}x smaller, accuracy {summary['best']['accuracy']:.5g} "
+        f"(fp32 {summary['baseline']['accuracy']:.5g})"
+    )
+    print(f"  summary:    {run_dir / 'summary.json'}")
+    print(f"  best plan:  {summary['best_plan_path']}")
+    if summary["model_path"]:
+        print(f"  model:      {summary['model_path']}  (autoquant.load(path))")
+    if summary["mlflow_run_id"]:
+        print(f"MLflow parent run {summary['mlflow_run_id']} in {summary['mlflow_tracking_uri']}")
+    return summary
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -396,7 +418,10 @@ def _app(cfg: DictConfig) -> float | None:
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = run_job(cfg, run_dir)
+        if int(cfg.launch.workers) > 1:
+            summary = _run_workers(cfg, run_dir)
+        else:
+            summary = run_job(cfg, run_dir)
     except AutoQuantError as exc:
         # Bad configuration (a storage that cannot be opened, a study made for another
         # model, ...): the message says what to change; a traceback would bury it.

@@ -185,29 +185,31 @@ def test_sweep_over_models_pairs_each_model_with_its_data(tmp_path: Path) -> Non
     assert "autoquant.examples.minilm.eval_fn" in out.stdout
 
 
-def test_launch_local_runs_workers_on_one_study_with_one_mlflow_parent(tmp_path: Path) -> None:
+def test_launch_workers_run_on_one_study_with_one_mlflow_parent(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
     out = _run(
         [
-            "-m",
-            "launch=local",
             "launch.workers=3",
+            "storage=journal",
             "strategy=random",
             "tuning.max_trials=6",
             "storage.heartbeat_interval=2",
+            f"hydra.run.dir={run_dir}",
             *FAST[1:],
         ],
         tmp_path,
         timeout=400,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    summaries = [
-        json.loads(p.read_text()) for p in sorted(tmp_path.glob("multirun/*/*/*/summary.json"))
-    ]
+    summaries = [json.loads(p.read_text()) for p in sorted(run_dir.glob("worker-*/summary.json"))]
     assert sorted(s["worker"] for s in summaries) == [0, 1, 2]
     assert {s["n_evaluations"] for s in summaries} == {6}  # one budget for the study
     assert sum(s["calibration_passes"] for s in summaries) == 1
     assert len({s["mlflow_run_id"] for s in summaries}) == 1
     assert all(s["storage"].startswith("journal://") for s in summaries)
+    final = json.loads((run_dir / "summary.json").read_text())
+    assert [w["status"] for w in final["workers"]] == ["finished"] * 3
+    assert "6 evaluations by 3 workers" in out.stdout
 
     runs = _mlflow_runs(tmp_path / "mlflow.db")
     parents = [r for r in runs if r.data.tags.get("autoquant.role") == "study"]
@@ -226,10 +228,57 @@ def test_launch_local_runs_workers_on_one_study_with_one_mlflow_parent(tmp_path:
     assert len(versions) == 1  # registered once per study, not once per worker
 
 
-def test_workers_need_a_shared_storage(tmp_path: Path) -> None:
-    out = _run(["-m", "launch=local", "storage=memory", *FAST], tmp_path)
-    assert out.returncode != 0
-    assert "cannot share an in-memory study" in out.stderr
+def test_launch_workers_survive_a_worker_killed_mid_trial(tmp_path: Path) -> None:
+    import signal
+
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    run_dir = tmp_path / "run"
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    args = [
+        "launch.workers=3",
+        "storage=journal",
+        "strategy=random",
+        "tuning.max_trials=8",
+        "storage.heartbeat_interval=1",
+        "tuning.latency.repeats=300",  # ~1 s per trial: time to catch one mid-way
+        "tracking=off",
+        "output.save_model=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    job = subprocess.Popen(
+        [str(AUTOQUANT), *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True
+    )
+    log = tmp_path / "autoquant-studies.log"
+    deadline = time.monotonic() + 180
+    victim = None
+    while victim is None:
+        assert time.monotonic() < deadline and job.poll() is None, "no trial was ever running"
+        time.sleep(0.2)
+        if not (run_dir / "workers.json").exists() or not log.exists():
+            continue
+        pid = json.loads((run_dir / "workers.json").read_text())[1]["pid"]
+        storage = optuna.storages.JournalStorage(JournalFileBackend(str(log)))
+        for study in optuna.get_all_study_summaries(storage):
+            trials = optuna.load_study(study_name=study.study_name, storage=storage).trials
+            if any(
+                t.state == optuna.trial.TrialState.RUNNING
+                and t.user_attrs.get("state") == "evaluating"
+                and t.user_attrs.get("worker", "").endswith(f":{pid}")
+                for t in trials
+            ):
+                victim = pid
+    os.kill(victim, signal.SIGKILL)
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, out[-3000:]
+    final = json.loads((run_dir / "summary.json").read_text())
+    assert [w["status"] for w in final["workers"]] == ["finished", "killed by SIGKILL", "finished"]
+    assert final["n_evaluations"] == 8
+    trials = optuna.load_study(study_name=final["study"], storage=storage).trials
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    lost = [t for t in trials if t.user_attrs.get("worker", "").endswith(f":{victim}")]
+    assert any("worker lost" in t.user_attrs.get("error", "") for t in lost)
 
 
 def test_a_database_that_is_down_is_a_clear_error_within_seconds(tmp_path: Path) -> None:

@@ -43,12 +43,16 @@ def write_plots(result: TuningResult, out_dir: str) -> tuple[list[str], list[tup
     """Write the plots into ``out_dir``; returns (files written, [(plot, why skipped)])."""
     written: list[str] = []
     skipped: list[tuple[str, str]] = []
-    for name, fn in (
+    plots = [
         ("accuracy_vs_latency.png", accuracy_vs_latency),
         ("fp32_fallback.png", fp32_fallback),
-        ("sensitivity.png", sensitivity),
         ("optimization_history.png", optimization_history),
-    ):
+    ]
+    if result.sensitivity:
+        # Only when the strategy computed scores: their absence is not a problem to report
+        # (samplers skip them when the first plan passes).
+        plots.insert(2, ("sensitivity.png", sensitivity))
+    for name, fn in plots:
         path = os.path.join(out_dir, name)
         try:
             reason = fn(result, path)

@@ -178,3 +178,19 @@ def test_workers_through_the_grpc_proxy(tmp_path: Path) -> None:
     finally:
         proxy.terminate()
         proxy.wait(timeout=30)
+
+
+def test_workers_running_a_deterministic_strategy_wait_for_each_step(tmp_path: Path) -> None:
+    # basic is sequential (each step needs the last): two workers follow the same steps,
+    # one evaluates each plan and the other takes its result, and both end at the same
+    # plan, which keeps the fixture's quantization-hostile fc1 in fp32 (speed refinement
+    # may keep a tiny layer in fp32 too: that part depends on measured latency).
+    url = f"journal://{tmp_path / 'study.log'}"
+    extra = ("--strategy", "basic", "--max-trials", "12", "--tolerable-loss", "0.01")
+    results = [_finish(w) for w in [_start(url, "basic", s, *extra) for s in (1, 2)]]
+    evaluated = _evaluated(_trials(url, "basic"))
+    hashes = [t.user_attrs["plan_hash"] for t in evaluated]
+    assert len(hashes) == len(set(hashes))
+    assert "fc1" in results[0]["fp32_ops"] and results[0]["fp32_ops"] == results[1]["fp32_ops"]
+    assert results[0]["best_trial"] == results[1]["best_trial"]
+    assert sum(r["calibration_passes"] for r in results) == 1

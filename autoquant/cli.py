@@ -377,14 +377,19 @@ def _print_report(result: Any, summary: dict[str, Any], run_dir: Path, tracking:
     print()
     print(result.summary())
     print(f"\nrun directory: {run_dir}")
+    _print_outputs(summary, run_dir)
+    if summary["mlflow_run_id"] and tracking.uri.startswith("sqlite:"):
+        print(f"  open it with: mlflow ui --backend-store-uri {tracking.uri}")
+
+
+def _print_outputs(summary: dict[str, Any], run_dir: Path) -> None:
+    """Where a run's results are: summary, best plan, model, MLflow run."""
     print(f"  summary:    {run_dir / 'summary.json'}")
     print(f"  best plan:  {summary['best_plan_path']}")
     if summary["model_path"]:
         print(f"  model:      {summary['model_path']}  (autoquant.load(path))")
     if summary["mlflow_run_id"]:
-        print(f"MLflow run {summary['mlflow_run_id']} in {_masked(tracking.uri)}")
-        if tracking.uri.startswith("sqlite:"):
-            print(f"  open it with: mlflow ui --backend-store-uri {tracking.uri}")
+        print(f"MLflow run {summary['mlflow_run_id']} in {summary['mlflow_tracking_uri']}")
 
 
 def _run_workers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -400,12 +405,7 @@ def _run_workers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         f"{summary['size_reduction']:.2f}x smaller, accuracy {summary['best']['accuracy']:.5g} "
         f"(fp32 {summary['baseline']['accuracy']:.5g})"
     )
-    print(f"  summary:    {run_dir / 'summary.json'}")
-    print(f"  best plan:  {summary['best_plan_path']}")
-    if summary["model_path"]:
-        print(f"  model:      {summary['model_path']}  (autoquant.load(path))")
-    if summary["mlflow_run_id"]:
-        print(f"MLflow parent run {summary['mlflow_run_id']} in {summary['mlflow_tracking_uri']}")
+    _print_outputs(summary, run_dir)
     return summary
 
 

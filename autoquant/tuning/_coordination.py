@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from optuna.trial import TrialState
 from autoquant.plan import Plan
 from autoquant.tuning.result import Metrics, TrialRecord
 
-__all__ = ["Coordinator", "Decision", "FINAL_STATES", "EVALUATED_STATES"]
+__all__ = ["Coordinator", "Decision", "FINAL_STATES", "EVALUATED_STATES", "beating"]
 
 log = logging.getLogger("autoquant.tuning")
 
@@ -77,16 +77,7 @@ def record_from_trial(t: Any, meets: Callable[[float], bool]) -> TrialRecord | N
     if attrs.get("state") not in FINAL_STATES or "plan" not in attrs:
         return None  # not written by autoquant, or its worker died before telling it
     m = attrs.get("metrics")
-    metrics = None
-    if m is not None:
-        metrics = Metrics(
-            accuracy=m["accuracy"],
-            loss=m["loss"],
-            latency_ms=m["latency_ms"],
-            latency_p90_ms=m["latency_p90_ms"],
-            size_bytes=m["size_bytes"],
-            simulated_ops=tuple(m.get("simulated_ops", ())),
-        )
+    metrics = None if m is None else Metrics.from_dict(m)
     return TrialRecord(
         number=t.number,
         params=dict(t.params),
@@ -327,13 +318,10 @@ class Coordinator:
                 self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
                 log.warning("trial %d died while evaluating; its plan is enqueued again", t.number)
 
-    @contextmanager
-    def heartbeat(self, trial: optuna.Trial) -> Iterator[None]:
+    def heartbeat(self, trial: optuna.Trial) -> AbstractContextManager[None]:
         """Beat for ``trial`` until the block ends (shared storages only)."""
         if not self.shared:
-            yield
-            return
-        stop = threading.Event()
+            return nullcontext()
         trial_id = trial._trial_id  # noqa: SLF001 - needed by the storage heartbeat API
 
         def beat() -> None:
@@ -342,21 +330,32 @@ class Coordinator:
             else:
                 self.storage.set_trial_user_attr(trial_id, "heartbeat", time.time())
 
-        def loop() -> None:
-            while not stop.wait(self.interval):
-                try:
-                    beat()
-                except Exception:  # noqa: BLE001 - finished meanwhile / storage hiccup
-                    if stop.is_set():
-                        return
-                    log.debug("heartbeat for trial %d failed", trial.number, exc_info=True)
+        return beating(beat, self.interval, f"autoquant-heartbeat-{trial.number}")
 
-        beat()
-        thread = threading.Thread(target=loop, name=f"autoquant-heartbeat-{trial.number}")
-        thread.daemon = True
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=5)
+
+@contextmanager
+def beating(beat: Callable[[], None], interval: float, name: str) -> Iterator[None]:
+    """Call ``beat`` now and every ``interval`` seconds in a thread until the block ends.
+
+    A failed beat is logged and skipped: it only delays what others conclude (the trial
+    finished meanwhile, or the storage hiccuped), it must not stop the work beating.
+    """
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                beat()
+            except Exception:  # noqa: BLE001
+                if stop.is_set():
+                    return
+                log.debug("%s: a beat failed", name, exc_info=True)
+
+    beat()
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)

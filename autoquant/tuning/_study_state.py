@@ -15,7 +15,6 @@ import base64
 import hashlib
 import json
 import logging
-import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator
@@ -137,23 +136,12 @@ class StudyState:
     @contextmanager
     def preparing(self) -> Iterator[None]:
         """Beat ``autoquant:preparing`` until the block ends, then mark the study ready."""
-        stop = threading.Event()
+        from autoquant.tuning._coordination import beating
 
-        def loop() -> None:
-            while not stop.wait(self.interval):
-                try:
-                    self.put("preparing", time.time())
-                except Exception:  # noqa: BLE001 - a missed beat only delays followers
-                    log.debug("preparing heartbeat failed", exc_info=True)
-
-        self.put("preparing", time.time())
-        thread = threading.Thread(target=loop, name="autoquant-preparing", daemon=True)
-        thread.start()
-        try:
+        with beating(
+            lambda: self.put("preparing", time.time()), self.interval, "autoquant-preparing"
+        ):
             yield
-        finally:
-            stop.set()
-            thread.join(timeout=5)
         self.put("ready", True)
 
     # -- the shared values ---------------------------------------------------------------
@@ -177,9 +165,7 @@ class StudyState:
         from autoquant.tuning.result import Metrics
 
         d = self.get(f"baseline:{self.fp}")
-        if d is None:
-            return None
-        return Metrics(**{**d, "simulated_ops": tuple(d.get("simulated_ops", ()))})
+        return None if d is None else Metrics.from_dict(d)
 
     def save_baseline(self, metrics: Any) -> None:
         self.put(f"baseline:{self.fp}", metrics.to_dict())

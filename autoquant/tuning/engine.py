@@ -454,40 +454,51 @@ def tune(
     log.info("%s", engine.space.describe())
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    quiet = warnings.catch_warnings()
-    quiet.__enter__()
-    # Heartbeats and stale-trial reaping are "experimental" in Optuna and meant for
-    # Study.optimize; we drive them from the ask/tell loop on purpose (one warning per ask).
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
     try:
-        study, created = _open_study(config, 2 if engine.multi else 1)
-        state = None
-        if config.storage is not None:
-            from autoquant.tuning._study_state import StudyState, fingerprint
-
-            state = StudyState(
-                study,
-                fingerprint(model, calib_data, config),
-                heartbeat_interval=config.heartbeat_interval,
-            )
-            state.check()
-        # One worker per study calibrates and measures the float baseline; the others
-        # wait for it and load both from the study (see tuning/_study_state.py).
-        lead = state is None or state.wait_until_ready(created=created)
-        with state.preparing() if state is not None and lead else contextlib.nullcontext():
-            baseline, strategy = _prepare(engine, study, state, lead)
-            for cb in callbacks:
-                cb.on_start(space=engine.space, baseline=baseline, config=config, study=study)
-        records, stop = _search(engine, strategy, study, baseline, callbacks)
+        with warnings.catch_warnings():
+            # Heartbeats and stale-trial reaping are "experimental" in Optuna and meant for
+            # Study.optimize; we drive them from the ask/tell loop on purpose (one warning
+            # per ask otherwise).
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            study, baseline, strategy = _start(engine, model, calib_data, config, callbacks)
+            records, stop = _search(engine, strategy, study, baseline, callbacks)
     finally:
-        quiet.__exit__(None, None, None)
         optuna.logging.set_verbosity(verbosity)
     result = _result(engine, study, records, baseline, stop)
     result.sensitivity = strategy.context.scores
     for cb in callbacks:
         cb.on_end(result)
     return result
+
+
+def _start(
+    engine: _Engine,
+    model: nn.Module,
+    calib_data: Iterable[Any] | None,
+    config: TuningConfig,
+    callbacks: Sequence[TuningCallback],
+) -> tuple[Any, Metrics, Any]:
+    """Open the study; calibrate and measure the baseline here or load them from it."""
+    study, created = _open_study(config, 2 if engine.multi else 1)
+    state = None
+    if config.storage is not None:
+        from autoquant.tuning._study_state import StudyState, fingerprint
+
+        state = StudyState(
+            study,
+            fingerprint(model, calib_data, config),
+            heartbeat_interval=config.heartbeat_interval,
+        )
+        state.check()
+    # One worker per study calibrates and measures the float baseline; the others wait
+    # for it and load both from the study (see tuning/_study_state.py).
+    lead = state is None or state.wait_until_ready(created=created)
+    with state.preparing() if state is not None and lead else contextlib.nullcontext():
+        baseline, strategy = _prepare(engine, study, state, lead)
+        for cb in callbacks:
+            cb.on_start(space=engine.space, baseline=baseline, config=config, study=study)
+    return study, baseline, strategy
 
 
 def _open_study(config: TuningConfig, n_objectives: int) -> tuple[Any, bool]:

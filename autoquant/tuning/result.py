@@ -36,6 +36,18 @@ class Metrics:
             "simulated_ops": list(self.simulated_ops),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Metrics:
+        """Inverse of :meth:`to_dict` (as stored in a study's attributes)."""
+        return cls(
+            accuracy=d["accuracy"],
+            loss=d["loss"],
+            latency_ms=d["latency_ms"],
+            latency_p90_ms=d["latency_p90_ms"],
+            size_bytes=d["size_bytes"],
+            simulated_ops=tuple(d.get("simulated_ops", ())),
+        )
+
 
 @dataclass
 class TrialRecord:

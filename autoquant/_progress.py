@@ -29,7 +29,7 @@ class Progress(TuningCallback):
         self._start = time.monotonic()
         self._baseline: Any = None
 
-    def on_start(self, *, space: Any, baseline: Any, config: Any, study: Any) -> None:
+    def on_start(self, *, space: Any, baseline: Any, config: Any, study: Any, **_: Any) -> None:
         self._baseline = baseline
         if self.mode == "off":
             return

@@ -213,12 +213,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     )
     progress = Progress(mode=cfg.output.progress, max_trials=config.max_trials)
     best_so_far = _BestSoFar(
-        run_dir,
-        model,
-        calib,
-        config,
-        save_model=bool(cfg.output.save_model),
-        model_factory=factory,
+        run_dir, save_model=bool(cfg.output.save_model), model_factory=factory
     )
     status = "FAILED"
     try:
@@ -264,23 +259,14 @@ class _BestSoFar:  # a TuningCallback (not subclassed: cli.py stays import-light
     (``best_so_far/``: plan, metrics, model), so a study killed at any point leaves its
     best result behind. Overwritten (atomically) only when the best trial changes."""
 
-    def __init__(
-        self,
-        run_dir: Path,
-        model: Any,
-        calib: Any,
-        config: Any,
-        *,
-        save_model: bool,
-        model_factory: str | None,
-    ) -> None:
+    def __init__(self, run_dir: Path, *, save_model: bool, model_factory: str | None) -> None:
         self.dir = run_dir / "best_so_far"
-        self.model, self.calib, self.config = model, calib, config
         self.save_model, self.model_factory = save_model, model_factory
         self.number: int | None = None
+        self.build: Any = None
 
-    def on_start(self, **_: Any) -> None:
-        pass
+    def on_start(self, *, build: Any, **_: Any) -> None:
+        self.build = build  # from the study's calibration statistics: no recalibration
 
     def on_end(self, result: Any) -> None:
         pass
@@ -306,14 +292,7 @@ class _BestSoFar:  # a TuningCallback (not subclassed: cli.py stays import-light
         (tmp / "best_plan.yaml").write_text(best.plan.to_yaml())
         if self.save_model:
             # Rebuilt from its plan (trial candidates are freed after each trial).
-            quantized = autoquant.quantize(
-                self.model,
-                best.plan,
-                calib_data=self.calib,
-                backend=self.config.backend,
-                max_samples=self.config.calib_samples,
-            )
-            autoquant.save(quantized, tmp / "model", model_factory=self.model_factory)
+            autoquant.save(self.build(best.plan), tmp / "model", model_factory=self.model_factory)
         old = self.dir.with_name(".best_so_far-old")
         shutil.rmtree(old, ignore_errors=True)
         if self.dir.exists():

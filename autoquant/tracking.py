@@ -467,7 +467,9 @@ class MlflowTracker(Tracker):
         return self.run_id
 
     # -- TuningCallback ------------------------------------------------------------------
-    def on_start(self, *, space: SearchSpace, baseline: Metrics, config: Any, study: Any) -> None:
+    def on_start(
+        self, *, space: SearchSpace, baseline: Metrics, config: Any, study: Any, **_: Any
+    ) -> None:
         if self._started:
             raise RuntimeError("an MlflowTracker records one study; make a new one per tune().")
         self._started = True
@@ -648,7 +650,7 @@ class MlflowTracker(Tracker):
         # With several workers, each logs its view of the study when it stops; the one
         # that stops last (no trial left running) logs and registers the model and ends
         # the parent run, so the registry gets one version per study, not per worker.
-        self._final = self._study_finished(result)
+        self._final = result.finished_study
         if not self._final:
             self._log_batch(parent, tags={"autoquant.model": "logged by the last worker"})
         if self.config.log_model and self._final:
@@ -797,25 +799,6 @@ class MlflowTracker(Tracker):
             self._client.log_artifact(run_id, str(path), artifact_path)
         else:
             raise FileNotFoundError(f"nothing to log at {local_dir!r}")
-
-    def _study_finished(self, result: TuningResult) -> bool:
-        """Whether this worker is the one that finishes the study: nothing is running
-        and it told the study's last trial. Every worker reads the same final study,
-        so exactly one of them concludes it is the last."""
-        if getattr(result.config, "storage", None) is None:
-            return True
-        from optuna.trial import TrialState
-
-        from autoquant.tuning._coordination import WORKER
-
-        trials = result.study.get_trials(deepcopy=False)
-        if any(t.state == TrialState.RUNNING for t in trials):
-            return False
-        done = [t for t in trials if t.datetime_complete is not None and "worker" in t.user_attrs]
-        if not done:
-            return True
-        last = max(done, key=lambda t: (t.datetime_complete, t.number))
-        return last.user_attrs["worker"] == WORKER
 
     def _end(self, status: str) -> None:
         if self.run_id is None:

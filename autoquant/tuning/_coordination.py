@@ -38,7 +38,14 @@ from optuna.trial import TrialState
 from autoquant.plan import Plan
 from autoquant.tuning.result import Metrics, TrialRecord
 
-__all__ = ["Coordinator", "Decision", "FINAL_STATES", "EVALUATED_STATES", "beating"]
+__all__ = [
+    "Coordinator",
+    "Decision",
+    "FINAL_STATES",
+    "EVALUATED_STATES",
+    "beating",
+    "finished_by_this_worker",
+]
 
 log = logging.getLogger("autoquant.tuning")
 
@@ -359,3 +366,17 @@ def beating(beat: Callable[[], None], interval: float, name: str) -> Iterator[No
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def finished_by_this_worker(study: optuna.Study) -> bool:
+    """Whether this worker finished the study: nothing is running and it told the
+    study's last trial. Every worker reads the same final study, so exactly one of them
+    concludes it is the last."""
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state == TrialState.RUNNING for t in trials):
+        return False
+    done = [t for t in trials if t.datetime_complete is not None and "worker" in t.user_attrs]
+    if not done:
+        return True
+    last = max(done, key=lambda t: (t.datetime_complete, t.number))
+    return last.user_attrs["worker"] == WORKER

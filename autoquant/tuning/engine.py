@@ -497,7 +497,13 @@ def _start(
     with state.preparing() if state is not None and lead else contextlib.nullcontext():
         baseline, strategy = _prepare(engine, study, state, lead)
         for cb in callbacks:
-            cb.on_start(space=engine.space, baseline=baseline, config=config, study=study)
+            cb.on_start(
+                space=engine.space,
+                baseline=baseline,
+                config=config,
+                study=study,
+                build=lambda plan: engine.build(plan, candidate=False),
+            )
     return study, baseline, strategy
 
 
@@ -739,6 +745,8 @@ def _choose(passing: list[TrialRecord], config: TuningConfig) -> TrialRecord:
 def _result(
     engine: _Engine, study: Any, records: list[TrialRecord], baseline: Metrics, stop: str
 ) -> TuningResult:
+    from autoquant.tuning._coordination import finished_by_this_worker
+
     config = engine.config
     scored = [r for r in records if r.metrics is not None and r.cached_from is None]
     if not scored:
@@ -775,4 +783,5 @@ def _result(
         calibration_passes=engine.calibration_passes,
         elapsed_s=time.monotonic() - engine.start,
         stopped_because=stop,
+        finished_study=config.storage is None or finished_by_this_worker(study),
     )

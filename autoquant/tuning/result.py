@@ -121,6 +121,10 @@ class TuningResult:
     # Per-unit output error on calibration data with only that unit quantized (higher =
     # more sensitive), when the strategy computed it (sensitivity, sampler warm starts).
     sensitivity: dict[str, float] | None = None
+    # Whether this worker finished the study: nothing of it is running and this worker
+    # told its last trial. Every worker of a shared study reads the same final study, so
+    # exactly one sees True (always True without a storage); trackers conclude on it.
+    finished_study: bool = True
 
     @property
     def speedup(self) -> float:

@@ -144,6 +144,40 @@ def test_calibration_runs_once_and_the_baseline_is_evaluated_once(cancer, approa
     assert result.met and result.best_plan[HOSTILE_LAYER] is None
 
 
+def test_callbacks_build_plans_from_the_study_statistics_without_recalibrating(cancer):
+    from autoquant.tuning import TuningCallback
+
+    class SaveBest(TuningCallback):
+        def on_start(self, *, build, **_):
+            self.build, self.models = build, {}
+
+        def on_trial(self, record, *, evaluations, best):
+            if best is not None and best.plan_hash not in self.models:
+                self.models[best.plan_hash] = self.build(best.plan)
+
+    saver, counter = SaveBest(), PassCounter(cancer)
+    try:
+        result = tune(
+            cancer.model,
+            cancer.accuracy,
+            calib_data=cancer.calib,
+            config=fast_config(strategy="sensitivity", max_trials=5),
+            callbacks=[saver],
+        )
+    finally:
+        counter.close()
+    assert result.met and result.calibration_passes == 1
+    assert [counter.fc1_calib[b] for b in (1, 2, 3)] == [1, 1, 1]  # calibration only
+    assert saver.models  # a passing trial was seen and built while the search ran
+    x = cancer.calib[0]
+    for plan_hash, built in saver.models.items():
+        assert quant_info(built).plan.hash == plan_hash
+    built = saver.build(result.best_plan)
+    assert torch.equal(built(x), result.best_model(x))
+    assert [counter.fc1_calib[b] for b in (1, 2, 3)] == [1, 1, 1]
+    assert result.finished_study  # no storage: this process is the only worker
+
+
 # -- memory: the float model plus one candidate ---------------------------------------------
 
 

@@ -387,6 +387,12 @@ def load(
     from autoquant.plan import Plan, resolve_plan
 
     trust = fmt.normalize_trust(trust_factory)
+    if model is not None and not (isinstance(model, nn.Module) or callable(model)):
+        raise TypeError(
+            "model must be a torch.nn.Module or a zero-argument callable returning one, but "
+            f"got {type(model).__name__}: {model!r}. To use a recorded factory, pass "
+            "trust_factory= instead."
+        )
     src = Path(directory)
     meta, plan_text = _read_meta(src)
     try:

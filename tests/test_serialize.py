@@ -304,6 +304,8 @@ def test_opt_in_imports_the_recorded_factory(
 
 
 def test_trust_factory_argument_is_checked(saved: Path) -> None:
+    with pytest.raises(TypeError, match="pass trust_factory= instead"):
+        aq.load(saved, model="_models:MLP")
     with pytest.raises(TypeError, match="trust_factory"):
         aq.load(saved, model=MLP, trust_factory=1)
     with pytest.raises(ValueError, match="neither a module prefix"):

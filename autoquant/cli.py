@@ -366,7 +366,11 @@ def _print_outputs(summary: dict[str, Any], run_dir: Path) -> None:
     print(f"  summary:    {run_dir / 'summary.json'}")
     print(f"  best plan:  {summary['best_plan_path']}")
     if summary["model_path"]:
-        print(f"  model:      {summary['model_path']}  (autoquant.load(path))")
+        # load() imports a recorded factory only when told to: this run wrote the
+        # directory, so the hint names exactly the factory it recorded.
+        factory = summary.get("model_factory")
+        how = f"trust_factory={factory!r}" if factory else "model=<the float model>"
+        print(f"  model:      {summary['model_path']}  (autoquant.load(path, {how}))")
     if summary["mlflow_run_id"]:
         print(f"MLflow run {summary['mlflow_run_id']} in {summary['mlflow_tracking_uri']}")
 

@@ -1,4 +1,4 @@
-"""Save and load quantized models without pickle.
+"""Save and load quantized models without pickle, and without running code the files name.
 
 A saved model is a directory:
 
@@ -7,39 +7,50 @@ A saved model is a directory:
   :func:`autoquant.measure.iter_state_tensors` yields (integers at their storage width);
 * ``meta.json``: format version, backend, build mode, the tree that puts the tensors
   back into a ``state_dict`` (quantized tensors, packed tuples, dtypes), the plan hash,
-  the sha256 and byte length of the tensors file, and optionally a model factory.
+  and optionally a model factory (``"package.module:callable"``);
+* ``checksums.sha256``: the sha256 of the three files above (``sha256sum -c`` format).
 
 Loading rebuilds the quantized skeleton from the float architecture and the plan (the
-backend's own ``build``), then loads the saved state into it; nothing is unpickled and
-no code is run but the float model's constructor. Truncated or altered files fail the
-checksum with :class:`~autoquant.errors.SerializationError`.
+backend's own ``build``), then loads the saved state into it; nothing is unpickled.
 
-The float architecture comes from ``model`` (a module or a zero-argument callable) or
-from the ``model_factory`` import path (``"package.module:function"``) given at save.
+Trust rule: :func:`load` never imports or calls anything named in the files unless the
+caller says so. The float architecture comes from ``model=`` (a module or a
+zero-argument callable), or from the recorded ``model_factory`` only with
+``trust_factory=True`` or an allow-list (``trust_factory=("mypkg",)``). Everything else
+in the files is data and is validated before use: format version, backend and mode
+names, the plan (its ops must be the architecture's), and every state entry's kind,
+dtype, quantization scheme, axis and shape must equal those of the rebuilt model;
+scales must be finite and positive, zero points inside their integer range. Anything
+else, and any file that fails its checksum, is refused with a
+:class:`~autoquant.errors.SerializationError` naming the file and the entry.
+
+Directories written before the checksum file existed (format version 1: only the
+tensors were checksummed) still load, with a warning to re-save them.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import json
 import os
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from autoquant.errors import SerializationError
+from autoquant import _saved_format as fmt
+from autoquant.errors import AutoQuantError, SerializationError
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
-_FORMAT = "autoquant-model"
-_PLAN, _TENSORS, _META = "plan.yaml", "tensors.safetensors", "meta.json"
+FORMAT_VERSION = fmt.FORMAT_VERSION
+_FORMAT = fmt.FORMAT
+_PLAN, _TENSORS, _META = fmt.PLAN, fmt.TENSORS, fmt.META
 
 _QSCHEMES = {
     str(q): q
@@ -161,21 +172,14 @@ def _unflatten(node: Any, tensors: dict[str, torch.Tensor]) -> Any:
     raise SerializationError(f"meta.json has an unknown state entry {node!r}.")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save(
     qmodel: nn.Module, directory: str | os.PathLike[str], *, model_factory: str | None = None
 ) -> Path:
     """Write ``qmodel`` (built by :func:`autoquant.quantize`) to ``directory``.
 
-    ``model_factory`` (``"package.module:callable"`` returning the float model) lets
-    :func:`load` rebuild the model without being handed the architecture.
+    ``model_factory`` (``"package.module:callable"`` returning the float model) is
+    recorded so that whoever loads the directory *and trusts it* can rebuild the model
+    without passing the architecture (``load(dir, trust_factory=...)``).
     """
     from safetensors.torch import save_file
 
@@ -197,8 +201,9 @@ def save(
         _split_factory(model_factory)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    tensors_path = out / _TENSORS
-    save_file(tensors, str(tensors_path))
+    # Written last: until it is, a directory being (over)written fails its checksums.
+    (out / fmt.CHECKSUMS).unlink(missing_ok=True)
+    save_file(tensors, str(out / _TENSORS))
     (out / _PLAN).write_text(info.plan.to_yaml())
     meta = {
         "format": _FORMAT,
@@ -211,44 +216,68 @@ def save(
         "kernels": info.kernels,
         "simulated": list(info.simulated),
         "model_factory": model_factory,
-        "tensors_sha256": _sha256(tensors_path),
-        "tensors_bytes": tensors_path.stat().st_size,
         "state": tree,
         "state_versions": versions,
     }
     (out / _META).write_text(json.dumps(meta, indent=1))
+    fmt.write_checksums(out)
     return out
 
 
 def _split_factory(path: str) -> tuple[str, str]:
-    module, sep, attr = path.partition(":")
-    if not sep or not module or not attr:
-        raise SerializationError(
-            f"model_factory must look like 'package.module:callable', but got {path!r}."
-        )
-    return module, attr
+    return fmt.split_factory(path)
+
+
+TrustFactory = bool | str | Iterable[str]
+
+
+class _UntrustedFactory(SerializationError):
+    """The directory records a model factory the caller did not allow to be imported."""
+
+    def __init__(self, message: str, factory: str) -> None:
+        super().__init__(message)
+        self.factory = factory
 
 
 def _float_model(
-    model: nn.Module | Callable[[], nn.Module] | None, factory: str | None
+    model: nn.Module | Callable[[], nn.Module] | None,
+    factory: str | None,
+    trust: bool | tuple[str, ...],
+    src: Path,
 ) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     if callable(model):
         built = model()
-    elif factory:
-        module, attr = _split_factory(factory)
+    elif factory and fmt.factory_allowed(factory, trust):
+        module, attr = fmt.split_factory(factory)
         try:
             fn = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as exc:
             raise SerializationError(
                 f"cannot import the saved model_factory {factory!r}: {exc}. Pass model= to load()."
             ) from exc
+        if not callable(fn):
+            raise SerializationError(
+                f"the saved model_factory {factory!r} is a {type(fn).__name__}, not a callable."
+            )
         built = fn()
+    elif factory:
+        module, _ = fmt.split_factory(factory)
+        given = "" if trust is False else f" (trust_factory={list(trust)!r} does not cover it)"
+        raise _UntrustedFactory(
+            f"{src} records the model factory {factory!r}; load() does not import or call "
+            f"code named in a saved file unless you say so{given}. Either pass the float "
+            "architecture, load(path, model=MyModel) (a module or a zero-argument "
+            "callable), or, if you trust whoever wrote this directory, let load() import "
+            f"and call it: load(path, trust_factory=[{module!r}]) (module prefixes or "
+            "'module:callable' names) or load(path, trust_factory=True).",
+            factory,
+        )
     else:
         raise SerializationError(
             "load() needs the float architecture: pass model= (a module or a zero-argument "
-            "callable), or save with model_factory='package.module:callable'."
+            "callable); this directory records no model_factory."
         )
     if not isinstance(built, nn.Module):
         raise SerializationError(
@@ -278,58 +307,142 @@ def _placeholder_stats(meta: dict[str, Any]) -> Any:
     )
 
 
-def load(
-    directory: str | os.PathLike[str],
-    model: nn.Module | Callable[[], nn.Module] | None = None,
-) -> nn.Module:
-    """Rebuild a model saved by :func:`save`; its outputs equal the saved model's."""
-    from safetensors.torch import load_file
+def _read_meta(src: Path) -> tuple[dict[str, Any], str]:
+    import autoquant.backends  # noqa: F401 - registers the built-in backends
+    from autoquant.backends.base import available_backends
 
-    from autoquant.backends.base import get_backend
-    from autoquant.plan import Plan, resolve_plan
-
-    src = Path(directory)
+    checked = fmt.verify_checksums(src)
     try:
-        meta = json.loads((src / _META).read_text())
+        raw = (src / _META).read_text()
         plan_text = (src / _PLAN).read_text()
     except FileNotFoundError as exc:
         raise SerializationError(
             f"{src} is not a saved autoquant model: {exc.filename} is missing."
         ) from exc
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise SerializationError(f"{src} holds a file that is not UTF-8 text: {exc}") from exc
+    try:
+        meta = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise SerializationError(f"{src / _META} is corrupt: {exc}") from exc
-    if meta.get("format") != _FORMAT or meta.get("version") != FORMAT_VERSION:
+    meta = fmt.validate_meta(meta, src, available_backends())
+    if checked and meta["version"] == 1:
         raise SerializationError(
-            f"{src} holds format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"this autoquant reads {_FORMAT!r} version {FORMAT_VERSION}."
+            f"{src / _META} says format version 1, which has no {fmt.CHECKSUMS}; the "
+            "directory mixes two saves. Re-save the model."
         )
-    tensors_path = src / _TENSORS
-    if not tensors_path.exists():
-        raise SerializationError(f"{tensors_path} is missing.")
-    size = tensors_path.stat().st_size
-    if size != meta["tensors_bytes"] or _sha256(tensors_path) != meta["tensors_sha256"]:
-        raise SerializationError(
-            f"{tensors_path} is truncated or was modified after saving "
-            f"({size} bytes, {meta['tensors_bytes']} expected; checksum mismatch)."
+    if not checked:
+        if meta["version"] != 1:
+            raise SerializationError(
+                f"{src} is not a complete saved autoquant model: {src / fmt.CHECKSUMS} is "
+                "missing (the save did not finish, or the file was removed)."
+            )
+        tensors_path = src / _TENSORS
+        if not tensors_path.exists():
+            raise SerializationError(f"{tensors_path} is missing.")
+        size = tensors_path.stat().st_size
+        if size != meta["tensors_bytes"] or fmt.sha256(tensors_path) != meta["tensors_sha256"]:
+            raise SerializationError(
+                f"{tensors_path} is truncated or was modified after saving "
+                f"({size} bytes, {meta['tensors_bytes']} expected; checksum mismatch)."
+            )
+        warnings.warn(
+            f"{src} was saved by an older autoquant (format version 1): its {_META} and "
+            f"{_PLAN} have no checksum. Re-save it to add one: "
+            "autoquant.save(autoquant.load(path, ...), path).",
+            UserWarning,
+            stacklevel=3,
         )
-    plan = Plan.from_yaml(plan_text)
+    return meta, plan_text
+
+
+def load(
+    directory: str | os.PathLike[str],
+    model: nn.Module | Callable[[], nn.Module] | None = None,
+    *,
+    trust_factory: TrustFactory = False,
+) -> nn.Module:
+    """Rebuild a model saved by :func:`save`; its outputs equal the saved model's.
+
+    Args:
+        directory: a directory written by :func:`save`.
+        model: the float architecture: a module (its weights do not matter; every value
+            comes from the files) or a zero-argument callable returning one.
+        trust_factory: whether the ``model_factory`` recorded in the directory may be
+            imported and called when ``model`` is not given. ``False`` (default): never;
+            the error names the recorded factory. ``True``: whatever it names, for
+            directories you wrote yourself or whose author you trust. A string or an
+            iterable of strings: an allow-list, each entry a module prefix (``"mypkg"``
+            allows ``mypkg.models:build``, not ``mypkg_x:build``) or an exact
+            ``"module:callable"``. Ignored when ``model`` is given.
+
+    Raises:
+        SerializationError: a file is missing, fails its checksum or holds anything but
+            what :func:`save` writes (wrong types, unknown names, dtypes, shapes or
+            ops the architecture lacks), or the recorded factory is not trusted.
+    """
+    from safetensors.torch import load_file
+
+    from autoquant.backends.base import get_backend
+    from autoquant.plan import Plan, resolve_plan
+
+    trust = fmt.normalize_trust(trust_factory)
+    if model is not None and not (isinstance(model, nn.Module) or callable(model)):
+        raise TypeError(
+            "model must be a torch.nn.Module or a zero-argument callable returning one, but "
+            f"got {type(model).__name__}: {model!r}. To use a recorded factory, pass "
+            "trust_factory= instead."
+        )
+    src = Path(directory)
+    meta, plan_text = _read_meta(src)
+    try:
+        plan = Plan.from_yaml(plan_text)
+    except AutoQuantError as exc:
+        raise SerializationError(f"{src / _PLAN} is not a valid plan: {exc}") from exc
     if plan.hash != meta["plan_hash"]:
         raise SerializationError(f"{src / _PLAN} was modified after saving (plan hash mismatch).")
+    tensors_path = src / _TENSORS
     try:
         tensors = load_file(str(tensors_path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise SerializationError(f"cannot read {tensors_path}: {exc}") from exc
-    state = OrderedDict((k, _unflatten(node, tensors)) for k, node in meta["state"].items())
+    float_model = _float_model(model, meta["model_factory"], trust, src)
+    try:
+        plan = resolve_plan(plan, float_model)
+    except AutoQuantError as exc:
+        raise SerializationError(
+            f"{src / _PLAN} does not fit the float architecture given to load(): {exc}"
+        ) from exc
+    try:
+        qmodel = get_backend(meta["backend"]).build(float_model, plan, _placeholder_stats(meta))
+    except Exception as exc:  # noqa: BLE001 - the files are data; say which one misled
+        raise SerializationError(
+            f"cannot rebuild the quantized model from {src / _PLAN} and {src / _META} "
+            f"(backend {meta['backend']!r}): {type(exc).__name__}: {exc}"
+        ) from exc
+    # The rebuilt skeleton says what the state must look like: the same entries, kinds,
+    # dtypes, schemes, axes and tensor shapes. Only values come from the files.
+    ref_state = qmodel.state_dict()
+    ref_tensors: dict[str, torch.Tensor] = {}
+    ref_tree = {k: _flatten(v, k, ref_tensors) for k, v in ref_state.items()}
+    diff = fmt.first_difference(meta["state"], ref_tree, "state")
+    if diff:
+        raise SerializationError(f"{src / _META}: {diff}. Re-save the model.")
+    fmt.check_tensors(tensors, ref_tensors, src)
+    fmt.check_qparams(meta["state"], tensors, src)
+    fmt.check_plain_qparams(fmt.qparam_rules(qmodel), meta["state"], tensors, src)
+    ref_versions = getattr(ref_state, "_metadata", {})
+    fmt.check_versions(meta["state_versions"], ref_versions, src)
+    try:
+        state = OrderedDict((k, _unflatten(node, tensors)) for k, node in meta["state"].items())
+    except Exception as exc:  # noqa: BLE001 - torch's constructors on values that passed the checks
+        raise SerializationError(f"cannot rebuild the saved state from {src}: {exc}") from exc
     state._metadata = OrderedDict(  # type: ignore[attr-defined]
-        (prefix, dict(v)) for prefix, v in meta.get("state_versions", {}).items()
+        (prefix, dict(v)) for prefix, v in meta["state_versions"].items()
     )
-    float_model = _float_model(model, meta.get("model_factory"))
-    plan = resolve_plan(plan, float_model)  # PlanError if the architecture differs
-    backend = get_backend(meta["backend"])
-    qmodel = backend.build(float_model, plan, _placeholder_stats(meta))
     try:
         qmodel.load_state_dict(state, strict=True)
-    except (RuntimeError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, KeyError, ...
         raise SerializationError(
             f"the saved state does not fit the model rebuilt from the given architecture: {exc}"
         ) from exc

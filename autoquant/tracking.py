@@ -31,8 +31,19 @@ not (torch.fx GraphModules, which the x86 backend builds, fail both in pickle an
 ``torch.export``) are logged in autoquant's pickle-free format (:func:`autoquant.save`)
 inside a ``python_function`` model whose loader is this module (:func:`_load_pyfunc`):
 ``mlflow.pyfunc.load_model("models:/<name>@best")`` then rebuilds it with
-:func:`autoquant.load`, which needs the ``model_factory`` given to :func:`make_tracker`
-(without one, download the artifacts and call ``autoquant.load(dir, model=...)``).
+:func:`autoquant.load` from the ``model_factory`` given to :func:`make_tracker` (without
+one, download the artifacts and call ``autoquant.load(dir, model=...)``).
+
+What that loader trusts: the model's files come from the tracking server, so the factory
+recorded in them is imported only when the person loading allows it. By default only
+autoquant's bundled example factories (:data:`PYFUNC_TRUSTED_FACTORIES`, the CLI's
+``model=digits|fashion_mnist|minilm``) are; ``AUTOQUANT_TRUST_FACTORY`` (comma-separated
+module prefixes or ``module:callable`` names, or ``*`` for any) widens it, set by whoever
+runs ``load_model`` for a server they trust. It is an environment variable, not a
+``model_config`` entry, because the MLmodel file can carry a ``model_config`` of its
+author's choosing. (MLflow itself imports the ``loader_module`` an MLmodel names, and its
+``pytorch`` flavour unpickles: pulling models from a server always trusts the server's
+MLmodel files; this rule keeps autoquant's own loader from widening that trust.)
 
 ``mlflow`` (about 3 s to import) is imported on first use (``on_start``), never by
 ``import autoquant.tracking``; a disabled tracker never imports it and writes nothing.
@@ -872,8 +883,48 @@ class AutoQuantPyfunc:
             return _first_tensor(_call(self.model, inputs)).float().numpy()
 
 
-def _load_pyfunc(data_path: str) -> AutoQuantPyfunc:
-    """MLflow's loader for ``python_function`` models logged by :class:`MlflowTracker`."""
-    from autoquant.serialize import load
+#: Factories the pyfunc loader imports without being told: autoquant's bundled examples
+#: (the CLI's model=digits|fashion_mnist|minilm). Exact names: their modules hold other
+#: zero-argument callables (demo mains) that must not be reachable.
+PYFUNC_TRUSTED_FACTORIES = (
+    "autoquant.examples.digits:trained_model",
+    "autoquant.examples.fashion_mnist:trained_model",
+    "autoquant.examples.minilm:load_model",
+)
+TRUST_FACTORY_ENV = "AUTOQUANT_TRUST_FACTORY"
 
-    return AutoQuantPyfunc(load(data_path))
+
+def _pyfunc_trust() -> bool | tuple[str, ...]:
+    from autoquant._saved_format import normalize_trust
+
+    extra = [e.strip() for e in os.environ.get(TRUST_FACTORY_ENV, "").split(",") if e.strip()]
+    if "*" in extra:
+        return True
+    try:
+        return PYFUNC_TRUSTED_FACTORIES + tuple(normalize_trust(extra))
+    except ValueError as exc:
+        raise ValueError(f"{TRUST_FACTORY_ENV}={os.environ[TRUST_FACTORY_ENV]!r}: {exc}") from None
+
+
+def _load_pyfunc(data_path: str) -> AutoQuantPyfunc:
+    """MLflow's loader for ``python_function`` models logged by :class:`MlflowTracker`.
+
+    Imports the recorded model factory only if it is one of autoquant's examples or
+    ``AUTOQUANT_TRUST_FACTORY`` allows it (see the module docstring).
+    """
+    from autoquant.errors import SerializationError
+    from autoquant.serialize import _UntrustedFactory, load
+
+    try:
+        return AutoQuantPyfunc(load(data_path, trust_factory=_pyfunc_trust()))
+    except _UntrustedFactory as exc:
+        module = exc.factory.partition(":")[0]
+        raise SerializationError(
+            f"this model's files name the model factory {exc.factory!r}, which "
+            "mlflow.pyfunc.load_model does not import unless you allow it (only "
+            "autoquant's example factories are allowed by default). If you trust the "
+            f"tracking server this model came from, set {TRUST_FACTORY_ENV}={module} "
+            "(comma-separated module prefixes or 'module:callable' names; '*' allows "
+            "any) and load it again; or download its artifacts and call "
+            "autoquant.load(<dir>/data/autoquant_model, model=...)."
+        ) from exc

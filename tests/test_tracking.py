@@ -344,6 +344,16 @@ def test_best_model_registered_with_alias_and_loads(tracked, monkeypatch):
     with torch.inference_mode():
         expected = result.best_model(x)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # The files came from the server: the factory they name (a test module here, not one
+    # of autoquant's examples) is imported only when the person loading allows it.
+    monkeypatch.delenv("AUTOQUANT_TRUST_FACTORY", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(autoquant.SerializationError) as err:
+            mlflow.pyfunc.load_model(f"models:/{STUDY}@best")
+    assert FACTORY in str(err.value)
+    assert "AUTOQUANT_TRUST_FACTORY=tuning._helpers" in str(err.value)
+    monkeypatch.setenv("AUTOQUANT_TRUST_FACTORY", "other.pkg, tuning._helpers")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = mlflow.pyfunc.load_model(f"models:/{STUDY}@best")
@@ -476,9 +486,39 @@ def test_http_tracking_server(mlflow_server, tracked, task, monkeypatch):
     version = client.get_model_version_by_alias("cancer-http", "best")
     assert version.run_id == tracker.run_id
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("AUTOQUANT_TRUST_FACTORY", FACTORY)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = mlflow.pyfunc.load_model("models:/cancer-http@best")
     x = task.x_test
     with torch.inference_mode():
         assert torch.equal(torch.as_tensor(loaded.predict(x.numpy())), result.best_model(x))
+
+
+def test_pyfunc_trusts_exactly_the_bundled_example_factories(monkeypatch) -> None:
+    """The factories the pyfunc loader imports by default are those of the CLI's bundled
+    model configs, and AUTOQUANT_TRUST_FACTORY only widens that."""
+    import yaml
+
+    from autoquant import tracking
+    from autoquant._saved_format import factory_allowed
+
+    conf = Path(tracking.__file__).parent / "conf" / "model"
+    bundled = set()
+    for path in conf.glob("*.yaml"):
+        target = yaml.safe_load(path.read_text())["factory"]["_target_"]
+        module, _, attr = target.rpartition(".")
+        bundled.add(f"{module}:{attr}")
+    assert bundled == set(tracking.PYFUNC_TRUSTED_FACTORIES)
+    monkeypatch.delenv("AUTOQUANT_TRUST_FACTORY", raising=False)
+    trust = tracking._pyfunc_trust()
+    assert all(factory_allowed(f, trust) for f in bundled)
+    assert not factory_allowed("autoquant.examples.digits:main", trust)
+    assert not factory_allowed("autoquant.cli:main", trust)
+    monkeypatch.setenv("AUTOQUANT_TRUST_FACTORY", "mypkg")
+    assert factory_allowed("mypkg.models:build", tracking._pyfunc_trust())
+    monkeypatch.setenv("AUTOQUANT_TRUST_FACTORY", "*")
+    assert tracking._pyfunc_trust() is True
+    monkeypatch.setenv("AUTOQUANT_TRUST_FACTORY", "not a module")
+    with pytest.raises(ValueError, match="AUTOQUANT_TRUST_FACTORY='not a module'"):
+        tracking._pyfunc_trust()

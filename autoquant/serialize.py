@@ -35,7 +35,7 @@ from torch import nn
 
 from autoquant.errors import SerializationError
 
-__all__ = ["save", "load", "FORMAT_VERSION"]
+__all__ = ["save", "load", "split_factory", "FORMAT_VERSION"]
 
 FORMAT_VERSION = 1
 _FORMAT = "autoquant-model"
@@ -227,6 +227,13 @@ def _split_factory(path: str) -> tuple[str, str]:
             f"model_factory must look like 'package.module:callable', but got {path!r}."
         )
     return module, attr
+
+
+def split_factory(path: str) -> tuple[str, str]:
+    """``(module, attribute)`` of a ``"package.module:callable"`` model factory path, as
+    :func:`save` stores it; :class:`~autoquant.errors.SerializationError` when ``path``
+    does not have that form. Nothing is imported: use it to check a path early."""
+    return _split_factory(path)
 
 
 def _float_model(

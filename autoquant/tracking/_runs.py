@@ -1,48 +1,10 @@
-"""MLflow tracking of a tuning run: a callback that records a study as MLflow runs.
+"""Run logging: :class:`MlflowTracker`, a tuning callback that records a study as one
+parent run (per study, shared by its workers) and one nested run per trial.
 
-``make_tracker(TrackingConfig(...), study_name=..., run_config=...)`` returns a
-:class:`Tracker` to pass to ``autoquant.tune(callbacks=[tracker])``. With tracking on it
-records, in the experiment named after the study (``TrackingConfig.experiment``):
-
-* one **parent run** per study (run name = study name): the flattened ``run_config``
-  (dotted keys) and the :class:`~autoquant.tuning.TuningConfig` (``tuner.*``) as
-  params, the baseline metrics (``baseline.*``), and at the end the best metrics
-  (``best.*``, ``met``, trial counts), the history ``best_so_far.*`` and
-  ``search.evaluations`` (step = trial number), the summary (also as the run
-  description), ``trials.json``, ``best_plan.yaml``, ``run_config.yaml``, plots
-  (``plots/*.png``) and the best model (``model/``, see below). Artifacts of a sqlite
-  store go to ``mlartifacts/`` next to the database file, so
-  ``mlflow ui --backend-store-uri sqlite:///mlflow.db`` shows everything;
-* one **nested run per trial**, every trial included (``cached`` ones carry the tag
-  ``cached_from`` and the metrics of the trial they reuse; the ``skipped`` all-float
-  plan has no metrics): op-type-level params (``op_type.<T>``: the most common choice
-  among the ops of type T, ``fp32_ops``/``fp32_ops.<T>``: ops kept in float,
-  ``plan_hash``), metrics (accuracy, loss, latency median/p90, speedup and size
-  reduction vs the baseline, size_bytes, trial wall time and its build/eval/measure
-  parts), tags (state, passed, strategy, trial, error) and the full plan as
-  ``plan.yaml``. Error trials end as FAILED runs, pruned ones as KILLED.
-
-The best model (``log_model=True``) is logged as an MLflow Model under the parent
-run's ``model/`` artifacts and registered (``registered_model``, default: the
-experiment name) as a new version; the alias ``best`` moves to it when the accuracy goal
-was met (a model that missed the goal is registered, tagged ``goal_met=false``, and no
-alias moves). Format: ``mlflow.pytorch`` (pickle) when the model pickles; models that do
-not (torch.fx GraphModules, which the x86 backend builds, fail both in pickle and in
-``torch.export``) are logged in autoquant's pickle-free format (:func:`autoquant.save`)
-inside a ``python_function`` model whose loader is this module (:func:`_load_pyfunc`):
-``mlflow.pyfunc.load_model("models:/<name>@best")`` then rebuilds it with
-:func:`autoquant.load`, which needs the ``model_factory`` given to :func:`make_tracker`
-(without one, download the artifacts and call ``autoquant.load(dir, model=...)``).
-
-``mlflow`` (about 3 s to import) is imported on first use (``on_start``), never by
-``import autoquant.tracking``; a disabled tracker never imports it and writes nothing.
-The parent run ends in ``on_end``; call :meth:`Tracker.close` (or use the tracker as a
-context manager) so that a failed search, or a failure after it, ends it as FAILED.
-Logging is synchronous: each trial costs four tracking calls (~25-110 ms with a local
-sqlite store, most of it sqlite commits). Errors in ``on_start``/``on_trial`` propagate
-(and stop the search); failures while drawing plots or logging the model in ``on_end``
-become a RuntimeWarning and the tag ``autoquant.tracking_errors``, so the result is not
-lost.
+MLflow is imported on first use (``on_start``). Params, tags and metrics go out in
+batches (MLflow's limits: 100 params+tags, 1000 metrics per call); the per-trial history
+of the parent is logged once, in ``on_end``, since every sqlite commit costs ~20 ms.
+The best model and its registration: :mod:`autoquant.tracking._models`.
 """
 
 from __future__ import annotations
@@ -52,164 +14,44 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
-import posixpath
 import re
-import shutil
 import tempfile
 import time
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from autoquant.errors import ConfigError
 from autoquant.storage import mask_url
-from autoquant.tuning.callbacks import TuningCallback
+from autoquant.tracking import _models
+
+# Imported under their old private names: the moved bodies below stay as they were.
+from autoquant.tracking._values import MAX_TAG as _MAX_TAG
+from autoquant.tracking._values import TRUNCATED as _TRUNCATED
+from autoquant.tracking._values import finite as _finite
+from autoquant.tracking._values import flatten as _flatten
+from autoquant.tracking._values import jsonable as _jsonable
+from autoquant.tracking._values import metric_dict as _metric_dict
+from autoquant.tracking._values import params as _params
+from autoquant.tracking._values import text as _text
+from autoquant.tracking._values import trial_params
+from autoquant.tracking._values import yaml_text as _yaml
+from autoquant.tracking.base import Tracker
+from autoquant.tracking.config import TrackingConfig
 
 if TYPE_CHECKING:
-    from autoquant.tuning.result import Metrics, TrialRecord, TuningResult
-    from autoquant.tuning.space import SearchSpace
+    from autoquant.tuning import Metrics, SearchSpace, TrialRecord, TuningResult
 
-__all__ = ["TrackingConfig", "Tracker", "NoopTracker", "MlflowTracker", "make_tracker"]
+__all__ = ["MlflowTracker"]
 
 log = logging.getLogger("autoquant.tracking")
 
-# Older MLflow servers cap a param value at 500 characters (newer ones at 6000): values
-# are cut to fit the oldest limit; the full run config is logged as run_config.yaml.
-_MAX_PARAM = 500
-_MAX_TAG = 5000
-_MAX_KEY = 250
 _BATCH = 100  # params/tags per log_batch call (MLflow's limit)
 _PARENT_ATTR = "autoquant:mlflow_parent"  # study user attr: the parent run of all workers
-_TRUNCATED = "...[truncated]"
-_FP32 = "fp32"
-_ALIAS = "best"
 _RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-def _fail(field: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"TrackingConfig.{field} must be {allowed}, but got {value!r}.")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrackingConfig:
-    """Where and what to track.
-
-    enabled: False gives a tracker that does nothing (mlflow is never imported).
-    uri: MLflow tracking URI: ``sqlite:///path.db`` (relative paths are resolved against
-        the working directory when the tracker is made), ``http(s)://host:port``,
-        ``postgresql://...``, ``mysql://...``, ``databricks``. MLflow >= 3.13 refuses the
-        file store, so plain paths and ``file:`` URIs are rejected here.
-    experiment: experiment name; default: the study name given to :func:`make_tracker`.
-    log_model: log the best model and register it in the model registry.
-    registered_model: registered model name; default: the experiment name.
-    plots: accuracy vs latency, per-op fp32 fallback frequency and the optimization
-        history, as PNG artifacts of the parent run.
-    """
-
-    enabled: bool = True
-    uri: str = "sqlite:///mlflow.db"
-    experiment: str | None = None
-    log_model: bool = True
-    registered_model: str | None = None
-    plots: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("enabled", "log_model", "plots"):
-            if not isinstance(getattr(self, name), bool):
-                raise _fail(name, getattr(self, name), "a bool")
-        if not isinstance(self.uri, str) or not self.uri.strip():
-            raise _fail("uri", self.uri, "a non-empty MLflow tracking URI string")
-        match = re.match(r"([A-Za-z][A-Za-z0-9+.\-]*):", self.uri.strip())
-        scheme = match.group(1).lower() if match else ""
-        if self.uri.strip() in ("databricks", "databricks-uc"):
-            pass
-        elif len(scheme) < 2 or scheme == "file":  # no scheme, "C:\...", file:
-            raise _fail(
-                "uri",
-                self.uri,
-                "a tracking URI such as 'sqlite:///mlflow.db' or 'http://host:5000' (MLflow "
-                ">= 3.13 refuses the file store, so local paths and file: URIs cannot be used)",
-            )
-        for name in ("experiment", "registered_model"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise _fail(name, value, "None or a non-empty string")
-
-
-# -- the no-op base --------------------------------------------------------------------
-
-
-class Tracker(TuningCallback):
-    """A tracker that records nothing: what :func:`make_tracker` returns when tracking is
-    off. :class:`MlflowTracker` overrides every method."""
-
-    run_id: str | None = None
-    tracking_uri: str | None = None
-    experiment_id: str | None = None
-    model_uri: str | None = None  # "models:/<name>/<version>" once the best model is registered
-
-    def log_artifacts(self, local_dir: str, artifact_path: str | None = None) -> None:
-        """Log a directory's files (or one file) under ``artifact_path`` of the parent run."""
-
-    def close(self, status: str = "FINISHED") -> None:
-        """End the parent run if it is still open (idempotent); ``"FAILED"`` on error."""
-
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.close("FINISHED" if exc_type is None else "FAILED")
-
-
-class NoopTracker(Tracker):
-    """Tracking off: every hook does nothing."""
-
-    def __repr__(self) -> str:
-        return "NoopTracker()"
-
-
-def make_tracker(
-    config: TrackingConfig,
-    *,
-    study_name: str,
-    run_config: Mapping[str, Any],
-    model_factory: str | None = None,
-) -> Tracker:
-    """A tracker for one study: a :class:`NoopTracker` when ``config.enabled`` is False
-    (mlflow is not imported, no file is created), else an :class:`MlflowTracker`.
-
-    Args:
-        config: the tracking settings.
-        study_name: names the experiment (unless ``config.experiment``) and the parent run.
-        run_config: the whole run configuration (nested dict), logged as params with
-            dotted keys and as ``run_config.yaml``.
-        model_factory: ``"package.module:callable"`` returning the float model; stored
-            with the logged model so MLflow can load it without being given the
-            architecture (see :func:`autoquant.save`).
-    """
-    if not isinstance(config, TrackingConfig):
-        raise TypeError(f"config must be a TrackingConfig, but got {type(config).__name__}.")
-    if not isinstance(study_name, str) or not study_name.strip():
-        raise ValueError(f"study_name must be a non-empty string, but got {study_name!r}.")
-    if not isinstance(run_config, Mapping):
-        raise TypeError(f"run_config must be a mapping, but got {type(run_config).__name__}.")
-    if model_factory is not None:
-        from autoquant.serialize import _split_factory
-
-        _split_factory(model_factory)  # SerializationError now, not after the search
-    if not config.enabled:
-        return NoopTracker()
-    return MlflowTracker(
-        config, study_name=study_name, run_config=run_config, model_factory=model_factory
-    )
-
-
-# -- helpers ---------------------------------------------------------------------------
 
 
 def _resolve_uri(uri: str) -> str:
@@ -228,102 +70,6 @@ def _sqlite_path(uri: str) -> Path | None:
     if not path or path == ":memory:" or path.startswith("file:"):
         return None
     return Path(path)
-
-
-def _key(name: str) -> str | None:
-    """``name`` made a valid MLflow param/metric key (None if it cannot be)."""
-    key = re.sub(r"[^/\w.\- ]", "_", str(name))
-    if posixpath.normpath(key) != key or key.startswith("/"):
-        key = key.replace("/", "_")
-    if not key or len(key) > _MAX_KEY or posixpath.normpath(key) != key:
-        return None
-    return key
-
-
-def _text(value: Any, limit: int = _MAX_PARAM) -> str:
-    if isinstance(value, str):
-        s = value
-    elif isinstance(value, (list, tuple, dict)):
-        try:
-            s = json.dumps(value, default=str)
-        except (TypeError, ValueError):
-            s = str(value)
-    else:
-        s = str(value)
-    if len(s) > limit:
-        s = s[: limit - len(_TRUNCATED)] + _TRUNCATED
-    return s
-
-
-def _flatten(value: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys; leaves (lists included) kept as they are."""
-    out: dict[str, Any] = {}
-    for k, v in value.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = dict(v) if isinstance(v, Mapping) else v
-    return out
-
-
-def _params(values: Mapping[str, Any]) -> dict[str, str]:
-    """MLflow-safe params: keys sanitised (invalid ones dropped), values cut to 500."""
-    out: dict[str, str] = {}
-    for k, v in values.items():
-        key = _key(k)
-        if key is None:
-            log.debug("param %r skipped: not a valid MLflow key", k)
-            continue
-        out[key] = _text(v)
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _metric_dict(m: Metrics, baseline: Metrics | None) -> dict[str, float]:
-    out = {
-        "accuracy": float(m.accuracy),
-        "loss": float(m.loss),
-        "latency_ms": float(m.latency_ms),
-        "latency_p90_ms": float(m.latency_p90_ms),
-        "size_bytes": float(m.size_bytes),
-    }
-    if baseline is not None:
-        if m.latency_ms > 0:
-            out["speedup"] = baseline.latency_ms / m.latency_ms
-        if m.size_bytes > 0:
-            out["size_reduction"] = baseline.size_bytes / m.size_bytes
-    return {k: v for k, v in out.items() if _finite(v)}
-
-
-def trial_params(record: TrialRecord) -> dict[str, Any]:
-    """Op-type-level params of one trial (the full plan goes to plan.yaml)."""
-    plan = record.plan
-    by_type: dict[str, list[str]] = {}
-    fp32_names = []
-    for fqn, cfg in plan.items():
-        label = _FP32 if cfg is None else cfg.short()
-        by_type.setdefault(plan.op_types[fqn], []).append(label)
-        if cfg is None:
-            fp32_names.append(fqn or "(root)")
-    params: dict[str, Any] = {
-        "plan_hash": record.plan_hash,
-        "n_ops": len(plan),
-        "fp32_ops": len(fp32_names),
-        "fp32_op_names": ",".join(fp32_names) if fp32_names else "none",
-    }
-    for op_type, labels in by_type.items():
-        # most_common keeps first-seen order on ties: the earliest op's choice wins.
-        params[f"op_type.{op_type}"] = Counter(labels).most_common(1)[0][0]
-        params[f"fp32_ops.{op_type}"] = labels.count(_FP32)
-    return params
 
 
 def _run_status(state: str) -> str:
@@ -638,7 +384,7 @@ class MlflowTracker(Tracker):
         )
         if self.config.plots:
             try:
-                from autoquant._plots import write_plots
+                from autoquant.tracking.plots import write_plots
 
                 with tempfile.TemporaryDirectory(prefix="autoquant-plots-") as tmp:
                     _, skipped = write_plots(result, tmp)
@@ -681,106 +427,28 @@ class MlflowTracker(Tracker):
 
     # -- the best model ------------------------------------------------------------------
     def _log_best_model(self, result: TuningResult, summary: str) -> None:
-        import mlflow.pyfunc
-        import mlflow.pytorch
-        import torch
-
         parent = self._require_run()
-        reqs = [f"torch=={torch.__version__}", "autoquant"]
-        meta = {
-            "autoquant_plan_hash": result.best_plan.hash,
-            "autoquant_study": self.study_name,
-            "autoquant_goal_met": bool(result.met),
-        }
-        with tempfile.TemporaryDirectory(prefix="autoquant-model-") as tmp:
-            path = os.path.join(tmp, "model")
-            plan_file = os.path.join(tmp, "plan.yaml")
-            Path(plan_file).write_text(result.best_plan.to_yaml())
-            mlflow_log = logging.getLogger("mlflow.pytorch")
-            level = mlflow_log.level
-            try:
-                # Quiet: MLflow warns that pickle is unsafe before it finds out whether the
-                # model pickles at all (GraphModules do not).
-                mlflow_log.setLevel(logging.ERROR)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    mlflow.pytorch.save_model(
-                        result.best_model,
-                        path,
-                        serialization_format="pickle",
-                        pip_requirements=reqs,
-                        extra_files=[plan_file],
-                        metadata=meta | {"autoquant_format": "torch-pickle"},
-                    )
-                    # A pickle that cannot be read back is no model: check it loads.
-                    mlflow.pytorch.load_model(path)
-                self.model_flavor = "pytorch"
-            except Exception as exc:  # noqa: BLE001 - e.g. GraphModule pickling, quantized ops
-                mlflow_log.setLevel(level)
-                log.info(
-                    "mlflow.pytorch cannot save the best model (%s); logging it in "
-                    "autoquant's format as a python_function model",
-                    exc,
-                )
-                shutil.rmtree(path, ignore_errors=True)
-                from autoquant.serialize import save
-
-                saved = save(
-                    result.best_model,
-                    os.path.join(tmp, "autoquant_model"),
-                    model_factory=self.model_factory,
-                )
-                mlflow.pyfunc.save_model(
-                    path,
-                    loader_module="autoquant.tracking",
-                    data_path=str(saved),
-                    pip_requirements=reqs,
-                    metadata=meta | {"autoquant_format": "autoquant-model"},
-                )
-                self.model_flavor = "autoquant"
-            finally:
-                mlflow_log.setLevel(level)
-            self._client.log_artifacts(parent, path, "model")
-        self._register(result, summary)
-
-    def _register(self, result: TuningResult, summary: str) -> None:
-        from mlflow.exceptions import MlflowException
-
-        client, parent = self._client, self._require_run()
-        name = self.registered_model
-        try:
-            client.create_registered_model(
-                name, description=f"autoquant best models of experiment {self.experiment!r}"
-            )
-        except MlflowException as exc:
-            if getattr(exc, "error_code", "") != "RESOURCE_ALREADY_EXISTS":
-                raise
-        source = client.get_run(parent).info.artifact_uri.rstrip("/") + "/model"
-        version = client.create_model_version(
-            name,
-            source,
-            run_id=parent,
-            tags={
-                "study": self.study_name,
-                "plan_hash": result.best_plan.hash,
-                "goal_met": str(result.met).lower(),
-                "flavor": self.model_flavor or "",
-                "accuracy": f"{result.best.accuracy:.6g}",
-                "latency_ms": f"{result.best.latency_ms:.6g}",
-            },
-            description=summary,
+        self.model_flavor = _models.log_best_model(
+            self._client,
+            parent,
+            result,
+            study_name=self.study_name,
+            model_factory=self.model_factory,
         )
-        self.model_version = str(version.version)
-        self.model_uri = f"models:/{name}/{version.version}"
-        if result.met:
-            client.set_registered_model_alias(name, _ALIAS, version.version)
-        else:
-            log.warning(
-                "model version %s of %r did not meet the accuracy goal: alias %r not moved",
-                version.version,
-                name,
-                _ALIAS,
-            )
+        name = self.registered_model
+        version = _models.register_version(
+            self._client,
+            parent,
+            result,
+            summary,
+            name=name,
+            experiment=self.experiment,
+            study_name=self.study_name,
+            flavor=self.model_flavor,
+        )
+        self.model_version = version
+        self.model_uri = f"models:/{name}/{version}"
+        _models.move_alias(self._client, name, version, met=result.met)
 
     # -- artifacts and the end -----------------------------------------------------------
     def _log_texts(self, run_id: str, files: Mapping[str, str]) -> None:
@@ -821,59 +489,3 @@ class MlflowTracker(Tracker):
             # Open: end it. Already ended by on_end but something failed afterwards
             # (saving, logging the saved model): the run says so.
             self._end(status)
-
-
-def _yaml(value: Any) -> str:
-    import yaml
-
-    try:
-        return yaml.safe_dump(_jsonable(value), sort_keys=False, default_flow_style=False)
-    except yaml.YAMLError:
-        return json.dumps(value, default=str, indent=1)
-
-
-# -- the python_function flavor of models saved in autoquant's format ------------------
-
-
-class AutoQuantPyfunc:
-    """What ``mlflow.pyfunc.load_model`` returns the model as (``_model_impl``).
-
-    ``predict`` takes a numpy array, a pandas DataFrame, a torch tensor, a list/tuple of
-    them (positional inputs) or a dict (keyword inputs), and returns the first output
-    tensor as a numpy array. ``get_raw_model()`` is the quantized ``torch.nn.Module``.
-    """
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-
-    def get_raw_model(self) -> Any:
-        return self.model
-
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import torch
-
-        from autoquant.tuning.engine import _call, _first_tensor
-
-        def tensor(x: Any) -> torch.Tensor:
-            if isinstance(x, torch.Tensor):
-                return x
-            if hasattr(x, "to_numpy"):
-                x = x.to_numpy()
-            t = torch.as_tensor(x)
-            return t.float() if t.dtype == torch.float64 else t
-
-        if isinstance(model_input, Mapping):
-            inputs: Any = {k: tensor(v) for k, v in model_input.items()}
-        elif isinstance(model_input, (list, tuple)):
-            inputs = tuple(tensor(v) for v in model_input)
-        else:
-            inputs = tensor(model_input)
-        with torch.inference_mode():
-            return _first_tensor(_call(self.model, inputs)).float().numpy()
-
-
-def _load_pyfunc(data_path: str) -> AutoQuantPyfunc:
-    """MLflow's loader for ``python_function`` models logged by :class:`MlflowTracker`."""
-    from autoquant.serialize import load
-
-    return AutoQuantPyfunc(load(data_path))

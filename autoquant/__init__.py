@@ -2,7 +2,8 @@
 
 The configs and errors are imported eagerly (they are light); everything that needs
 torch is imported on first use, so ``import autoquant`` (and the command line's
-``--help``) stays fast.
+``--help``) stays fast. ``__all__`` lists what a user calls; the other names below
+(``_LAZY``) stay importable from here for code that used them.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
-from autoquant.errors import (
-    AutoQuantError,
-    CalibrationError,
-    ConfigError,
-    PlanError,
-    SerializationError,
-    UnsupportedConfigError,
-)
 
-# public name -> module that defines it
+# Importable from here, not in __all__: the "X as X" form marks them as re-exports.
+from autoquant.errors import AutoQuantError
+from autoquant.errors import CalibrationError as CalibrationError
+from autoquant.errors import ConfigError as ConfigError
+from autoquant.errors import PlanError as PlanError
+from autoquant.errors import SerializationError as SerializationError
+from autoquant.errors import UnsupportedConfigError as UnsupportedConfigError
+
+# name -> module that defines it: the __all__ names that need torch, and every name
+# exported before __all__ was trimmed
 _LAZY = {
     "quantize": "autoquant.quantizer",
     "quant_info": "autoquant.quantizer",
@@ -52,45 +54,33 @@ _LAZY = {
     "TuningCallback": "autoquant.tuning",
 }
 
+# What a user calls: the quantize / tune workflow, the configs it takes, what it returns,
+# the warning and the base error to catch. Everything else of _LAZY stays importable from
+# here (code written against the longer list keeps working) but is documented in its own
+# module: the backend extension points in autoquant.backends, the result and statistics
+# types in the modules that return them, TuningCallback in autoquant.tuning, the specific
+# errors in autoquant.errors.
 __all__ = [
     "AutoQuantError",
-    "Backend",
     "calibrate",
-    "CalibrationError",
-    "CalibrationStats",
     "capabilities",
-    "Capability",
-    "capability_table",
-    "ConfigError",
     "discover",
-    "GoalNotMetWarning",
     "dynamic_int8",
-    "get_backend",
-    "LatencyStats",
+    "GoalNotMetWarning",
     "load",
     "measure_latency",
     "OpConfig",
-    "OpInfo",
     "Plan",
-    "PlanError",
-    "PlanWarning",
-    "QParams",
     "quant_info",
     "quantize",
-    "QuantizedModelInfo",
     "QuantSpec",
-    "register_backend",
     "resolve_plan",
     "save",
-    "SerializationError",
     "size_bytes",
     "static_int8",
-    "TensorStats",
     "tune",
-    "TuningCallback",
     "TuningConfig",
     "TuningResult",
-    "UnsupportedConfigError",
     "weight_only",
 ]
 
@@ -109,20 +99,24 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from autoquant.backends import Backend, Capability, get_backend, register_backend
-    from autoquant.backends.base import QuantizedModelInfo, capabilities, capability_table
-    from autoquant.calibration import CalibrationStats, calibrate
-    from autoquant.discovery import OpInfo, discover
-    from autoquant.measure import LatencyStats, measure_latency, size_bytes
-    from autoquant.plan import Plan, PlanWarning, resolve_plan
-    from autoquant.qparams import QParams
+    from autoquant.backends import Backend as Backend
+    from autoquant.backends import Capability as Capability
+    from autoquant.backends import get_backend as get_backend
+    from autoquant.backends import register_backend as register_backend
+    from autoquant.backends.base import QuantizedModelInfo as QuantizedModelInfo
+    from autoquant.backends.base import capabilities
+    from autoquant.backends.base import capability_table as capability_table
+    from autoquant.calibration import CalibrationStats as CalibrationStats
+    from autoquant.calibration import calibrate
+    from autoquant.discovery import OpInfo as OpInfo
+    from autoquant.discovery import discover
+    from autoquant.measure import LatencyStats as LatencyStats
+    from autoquant.measure import measure_latency, size_bytes
+    from autoquant.plan import Plan, resolve_plan
+    from autoquant.plan import PlanWarning as PlanWarning
+    from autoquant.qparams import QParams as QParams
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save
-    from autoquant.stats import TensorStats
-    from autoquant.tuning import (
-        GoalNotMetWarning,
-        TuningCallback,
-        TuningConfig,
-        TuningResult,
-        tune,
-    )
+    from autoquant.stats import TensorStats as TensorStats
+    from autoquant.tuning import GoalNotMetWarning, TuningConfig, TuningResult, tune
+    from autoquant.tuning import TuningCallback as TuningCallback

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from autoquant.errors import CalibrationError
+from autoquant.inputs import as_inputs
 
 __all__ = ["iter_batches"]
 
@@ -87,10 +88,8 @@ def iter_batches(
 
 
 def _split(batch: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(batch, Tensor):
-        return (batch,), {}
-    if isinstance(batch, Mapping):
-        return (), dict(batch)
+    if isinstance(batch, (Tensor, Mapping)):
+        return as_inputs(batch)
     if isinstance(batch, (tuple, list)):
         if not batch:
             raise CalibrationError(
@@ -99,12 +98,8 @@ def _split(batch: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
                 f"{type(batch).__name__}."
             )
         first = batch[0]
-        if isinstance(first, Tensor):
-            return (first,), {}
-        if isinstance(first, Mapping):
-            return (), dict(first)
-        if isinstance(first, (tuple, list)):
-            return tuple(first), {}
+        if isinstance(first, (Tensor, Mapping, tuple, list)):
+            return as_inputs(first)
         return (first,), {}
     raise CalibrationError(
         f"calibration batch {index} must be a Tensor, an (input, target) tuple/list or "
@@ -112,7 +107,8 @@ def _split(batch: Any, index: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
     )
 
 
-def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+def _first_input_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
+    """The first tensor among a batch's model inputs (its dim 0 is the batch size)."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, Tensor):
             return value
@@ -120,7 +116,7 @@ def _first_tensor(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | Non
 
 
 def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
-    t = _first_tensor(args, kwargs)
+    t = _first_input_tensor(args, kwargs)
     if t is None:
         return None
     return int(t.shape[0]) if t.dim() else 1

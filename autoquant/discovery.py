@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from autoquant.errors import PlanError
+from autoquant.inputs import as_inputs
 
 __all__ = ["QUANTIZABLE_TYPES", "OpInfo", "discover", "format_ops", "iter_quantizable"]
 
@@ -88,7 +89,8 @@ def _weight_shape(module: nn.Module) -> tuple[int, ...]:
     return tuple(weight.shape) if isinstance(weight, torch.Tensor) else ()
 
 
-def _first_tensor(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+def _first_input(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """The first tensor (or PackedSequence) an op was called with: its data input."""
     for value in (*args, *kwargs.values()):
         if isinstance(value, (torch.Tensor, PackedSequence)):
             return value
@@ -121,7 +123,7 @@ def _op_macs(
     module: nn.Module, op_type: str, args: tuple[Any, ...], kwargs: Mapping[str, Any], output: Any
 ) -> int:
     """Per-sample MACs of one call of a quantizable op."""
-    x = _first_tensor(args, kwargs)
+    x = _first_input(args, kwargs)
     if op_type == "Embedding":
         return 0
     if op_type == "Linear":
@@ -179,31 +181,24 @@ def _expectation(module: nn.Module) -> str:
     return ""
 
 
-def _call(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, Mapping):
-        return model(**example_inputs)
-    if isinstance(example_inputs, tuple):
-        return model(*example_inputs)
-    # Anything else (a Tensor, a list, ...) is the single positional argument.
-    return model(example_inputs)
-
-
 def discover(model: nn.Module, example_inputs: Any = None) -> list[OpInfo]:
     """List every quantizable op of ``model`` in model order.
 
     Args:
         model: the float model; it is not modified (train/eval flags are restored and
             every hook is removed, even when the forward fails).
-        example_inputs: optional inputs for one forward pass used to measure MACs: a
-            Tensor (one positional argument), a tuple of positional arguments, or a dict
-            of keyword arguments. Without it, every ``OpInfo.macs`` is None.
+        example_inputs: optional inputs for one forward pass used to measure MACs, as
+            everywhere in autoquant (:mod:`autoquant.inputs`): a Tensor (one positional
+            input), a tuple or list of positional inputs, or a dict of keyword inputs.
+            Without it, every ``OpInfo.macs`` is None.
 
     Returns:
         One :class:`OpInfo` per quantizable op. An op that the forward never calls gets
         ``macs=0``.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
+        TypeError: ``model`` is not an ``nn.Module``, or ``example_inputs`` is none of
+            the above (a model whose only argument is a list takes ``(my_list,)``).
         PlanError: the forward pass on ``example_inputs`` failed; the message names the
             module whose forward raised, what it expects and the input shape it received.
     """
@@ -229,6 +224,7 @@ def _measure(
     model: nn.Module, entries: list[tuple[str, nn.Module, str]], example_inputs: Any
 ) -> dict[str, int]:
     """Run one forward pass under hooks and return per-sample MACs by fqn."""
+    args, kwargs = as_inputs(example_inputs)  # TypeError before any hook is installed
     macs = {fqn: 0 for fqn, _, _ in entries}
     # Modules whose forward has started but not returned, innermost last. Forward hooks
     # do not run when a forward raises, so after an exception the last entry is the
@@ -265,7 +261,7 @@ def _measure(
         model.eval()
         with torch.no_grad():
             try:
-                _call(model, example_inputs)
+                model(*args, **kwargs)
             except Exception as exc:
                 raise _forward_error(running, exc) from exc
     finally:

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoquant.inputs import as_inputs
+
 __all__ = [
     "LatencyStats",
     "measure_latency",
@@ -61,27 +63,8 @@ class LatencyStats:
         return not self.simulated_ops
 
 
-def _call(model: nn.Module, example_inputs: Any) -> Any:
-    if isinstance(example_inputs, torch.Tensor):
-        return model(example_inputs)
-    if isinstance(example_inputs, Mapping):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    raise TypeError(
-        "example_inputs must be a Tensor, a tuple of positional args or a dict of keyword "
-        f"args, but got {type(example_inputs).__name__}."
-    )
-
-
-def _batch_size(example_inputs: Any) -> int | None:
-    if isinstance(example_inputs, torch.Tensor):
-        values: list[Any] = [example_inputs]
-    elif isinstance(example_inputs, Mapping):
-        values = list(example_inputs.values())
-    else:
-        values = list(example_inputs)
-    for v in values:
+def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    for v in (*args, *kwargs.values()):
         if isinstance(v, torch.Tensor):
             # A 0-d tensor has no batch dimension.
             return int(v.shape[0]) if v.dim() > 0 else None
@@ -106,8 +89,9 @@ def measure_latency(
 
     Args:
         model: the module to time.
-        example_inputs: a Tensor (``model(x)``), a tuple/list of positional args
-            (``model(*args)``) or a dict of keyword args (``model(**kwargs)``).
+        example_inputs: a Tensor (``model(x)``), a tuple/list of positional inputs
+            (``model(*args)``) or a dict of keyword inputs (``model(**kwargs)``): the
+            convention of :mod:`autoquant.inputs`.
         threads: intra-op threads for the measurement (``torch.set_num_threads``); the
             previous setting is restored afterwards. One thread is the default because
             it is the least noisy and the fairest comparison between kernels.
@@ -123,6 +107,8 @@ def measure_latency(
         raise ValueError(f"repeats must be >= 1, but got {repeats!r}.")
     if min_time_s < 0:
         raise ValueError(f"min_time_s must be >= 0, but got {min_time_s!r}.")
+    # Split once: the timed calls pay for the forward alone.
+    args, kwargs = as_inputs(example_inputs)
 
     prev_threads = torch.get_num_threads()
     was_training = model.training
@@ -133,11 +119,11 @@ def measure_latency(
         model.eval()
         with torch.inference_mode():
             for _ in range(warmup):
-                _call(model, example_inputs)
+                model(*args, **kwargs)
             spent = 0.0
             while len(times) < repeats or spent < min_time_s:
                 t0 = time.perf_counter()
-                _call(model, example_inputs)
+                model(*args, **kwargs)
                 dt = time.perf_counter() - t0
                 times.append(dt)
                 spent += dt
@@ -153,7 +139,7 @@ def measure_latency(
         min_ms=float(ms.min()),
         runs=len(times),
         threads=used_threads,
-        batch_size=_batch_size(example_inputs),
+        batch_size=_batch_size(args, kwargs),
         simulated_ops=tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ())),
     )
 

@@ -46,7 +46,7 @@ from torch import nn
 from autoquant import _saved_format as fmt
 from autoquant.errors import AutoQuantError, SerializationError
 
-__all__ = ["save", "load", "FORMAT_VERSION"]
+__all__ = ["save", "load", "split_factory", "FORMAT_VERSION"]
 
 FORMAT_VERSION = fmt.FORMAT_VERSION
 _FORMAT = fmt.FORMAT
@@ -198,7 +198,7 @@ def save(
     # safetensors refuses tensors sharing memory; every entry is written on its own.
     tensors = {k: v.clone() for k, v in tensors.items()}
     if model_factory is not None:
-        _split_factory(model_factory)
+        split_factory(model_factory)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     # Written last: until it is, a directory being (over)written fails its checksums.
@@ -224,10 +224,6 @@ def save(
     return out
 
 
-def _split_factory(path: str) -> tuple[str, str]:
-    return fmt.split_factory(path)
-
-
 TrustFactory = bool | str | Iterable[str]
 
 
@@ -237,6 +233,13 @@ class _UntrustedFactory(SerializationError):
     def __init__(self, message: str, factory: str) -> None:
         super().__init__(message)
         self.factory = factory
+
+
+def split_factory(path: str) -> tuple[str, str]:
+    """``(module, attribute)`` of a ``"package.module:callable"`` model factory path, as
+    :func:`save` stores it; :class:`~autoquant.errors.SerializationError` when ``path``
+    does not have that form. Nothing is imported: use it to check a path early."""
+    return fmt.split_factory(path)
 
 
 def _float_model(

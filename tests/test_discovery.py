@@ -152,6 +152,39 @@ def test_tuple_and_dict_example_inputs() -> None:
     assert by_tuple == by_dict == [12, 15]
 
 
+def test_list_example_inputs_are_positional_inputs() -> None:
+    """One convention with measure_latency and tune (autoquant.inputs): a list holds
+    positional inputs; a model whose only argument is a list gets it in a 1-tuple."""
+
+    class TwoInputs(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+            self.b = nn.Linear(5, 3)
+
+        def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.a(x) + self.b(y)
+
+    class TakesList(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
+            return sum(self.fc(x) for x in xs)
+
+    x, y = torch.randn(2, 4), torch.randn(2, 5)
+    assert [o.macs for o in discover(TwoInputs(), [x, y])] == [12, 15]
+    assert [o.macs for o in discover(TakesList(), ([x, x, x],))] == [3 * 2 * 4]
+
+
+def test_other_example_inputs_are_a_type_error_before_any_hook() -> None:
+    model = MLP()
+    with pytest.raises(TypeError, match=r"model inputs must be a Tensor.*got str.*1-tuple"):
+        discover(model, "not a tensor")
+    assert sum(len(m._forward_pre_hooks) for m in model.modules()) == 0
+
+
 def test_reused_op_counts_every_call_and_unbatched_input() -> None:
     class Twice(nn.Module):
         def __init__(self) -> None:

@@ -82,6 +82,15 @@ def test_inputs_as_tuple_and_dict() -> None:
     x, y = torch.randn(5, 3), torch.randn(5, 3)
     assert measure_latency(TwoArgs(), (x, y), repeats=3).batch_size == 5
     assert measure_latency(TwoArgs(), {"x": x, "y": y}, repeats=3).batch_size == 5
+    assert measure_latency(TwoArgs(), [x, y], repeats=3).batch_size == 5  # a list: positional
+
+
+def test_other_inputs_are_a_type_error_before_anything_runs() -> None:
+    model = MLP().train()
+    before = torch.get_num_threads()
+    with pytest.raises(TypeError, match=r"model inputs must be a Tensor.*got str"):
+        measure_latency(model, "not a tensor", threads=2 if before == 1 else 1)
+    assert model.training and torch.get_num_threads() == before
 
 
 def test_runs_under_inference_mode() -> None:

@@ -27,7 +27,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from autoquant.tuning.result import TrialRecord, TuningResult
+    from autoquant.tuning import TrialRecord, TuningResult
 
 __all__ = ["write_plots"]
 

@@ -48,7 +48,6 @@ lost.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -501,8 +500,8 @@ class MlflowTracker(Tracker):
                 _PARENT_ATTR, {"tracking_uri": mask_url(self.tracking_uri), "run_id": self.run_id}
             )
         params = _flatten(self.run_config)
-        if dataclasses.is_dataclass(config):
-            for k, v in dataclasses.asdict(config).items():
+        if hasattr(config, "to_dict"):  # TuningConfig: every setting by its flat name
+            for k, v in config.to_dict().items():
                 params.setdefault(f"tuner.{k}", list(v) if isinstance(v, tuple) else v)
         if params.get("tuner.storage"):
             params["tuner.storage"] = mask_url(params["tuner.storage"])  # never a password
@@ -852,7 +851,8 @@ class AutoQuantPyfunc:
     def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> Any:
         import torch
 
-        from autoquant.tuning.engine import _call, _first_tensor
+        from autoquant.inputs import call_model as _call
+        from autoquant.inputs import first_tensor as _first_tensor
 
         def tensor(x: Any) -> torch.Tensor:
             if isinstance(x, torch.Tensor):

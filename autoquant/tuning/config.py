@@ -375,7 +375,7 @@ class TuningConfig:
         given = {"goal": goal, "space": space, "budget": budget, "latency": latency, "study": study}
         changes: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         for key, value in flat.items():
-            if key not in FLAT or key == "backend":
+            if key not in FLAT:
                 raise TypeError(
                     f"TuningConfig got an unknown setting {key!r}. Settings: "
                     f"{', '.join(FLAT)} (or the sections {', '.join(_SECTIONS)})."

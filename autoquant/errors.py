@@ -1,4 +1,4 @@
-"""Exceptions raised by autoquant.
+"""Exceptions (and the one warning) raised by autoquant.
 
 Every error is meant for a person: it names the field or op, what was given, what is
 allowed and how to fix it. All derive from :class:`AutoQuantError` so callers can catch
@@ -15,6 +15,8 @@ __all__ = [
     "UnsupportedConfigError",
     "CalibrationError",
     "SerializationError",
+    "TuningError",
+    "GoalNotMetWarning",
 ]
 
 
@@ -40,3 +42,11 @@ class CalibrationError(AutoQuantError, ValueError):
 
 class SerializationError(AutoQuantError, ValueError):
     """A saved model directory is missing, truncated, tampered with or incompatible."""
+
+
+class TuningError(AutoQuantError, RuntimeError):
+    """The search could not produce any quantized model (every trial failed)."""
+
+
+class GoalNotMetWarning(UserWarning):
+    """No quantized model met the accuracy goal; the result holds the best one found."""

@@ -47,8 +47,31 @@ def test_help_is_quick_and_lists_the_groups(tmp_path: Path) -> None:
         ("tuning.max_trials=abc", "could not be converted to Integer"),
         ("strategy=bogus", "Available options in 'strategy'"),
         ("bogus.key=1", "Top-level keys: backend, data, launch, model"),
+        ("strategy.name=grid", "TuningConfig.strategy must be one of ['basic'"),
+        ("tuning.latency.min_gain=2", "TuningConfig.min_latency_gain (latency.min_gain)"),
     ],
 )
+def test_every_tuning_setting_has_one_conf_key_and_the_same_default() -> None:
+    # The schema is derived from TuningConfig's sections, so conf/ cannot drift from them:
+    # the composed default job is TuningConfig's defaults (plus the digits metric's bound).
+    from hydra import compose, initialize_config_dir
+
+    from autoquant.cli._app import CONF_DIR
+    from autoquant.cli._schema import CONF_KEYS, register_schemas, tuning_config
+    from autoquant.tuning import TuningConfig
+    from autoquant.tuning.config import FLAT
+
+    assert sorted(CONF_KEYS.values()) == sorted(FLAT)
+    register_schemas()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["study.worker=2", "storage=sqlite"])
+    config = tuning_config(cfg)
+    assert config.study_name == "digits_cnn-basic" and config.storage.startswith("sqlite:///")
+    assert config == TuningConfig(
+        metric_bounds=1.0, seed=1978 + 2, storage=config.storage, study_name="digits_cnn-basic"
+    )
+
+
 def test_bad_config_fails_fast_with_a_clear_message(
     tmp_path: Path, override: str, expected: str
 ) -> None:

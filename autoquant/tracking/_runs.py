@@ -10,7 +10,6 @@ The best model and its registration: :mod:`autoquant.tracking._models`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -247,8 +246,8 @@ class MlflowTracker(Tracker):
                 _PARENT_ATTR, {"tracking_uri": mask_url(self.tracking_uri), "run_id": self.run_id}
             )
         params = _flatten(self.run_config)
-        if dataclasses.is_dataclass(config):
-            for k, v in dataclasses.asdict(config).items():
+        if hasattr(config, "to_dict"):  # TuningConfig: every setting by its flat name
+            for k, v in config.to_dict().items():
                 params.setdefault(f"tuner.{k}", list(v) if isinstance(v, tuple) else v)
         if params.get("tuner.storage"):
             params["tuner.storage"] = mask_url(params["tuner.storage"])  # never a password

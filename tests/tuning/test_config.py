@@ -4,13 +4,26 @@ goal (loss / target / meets) for relative and absolute criteria, both directions
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+from dataclasses import FrozenInstanceError
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from autoquant.errors import ConfigError
-from autoquant.tuning import OBJECTIVES, SEARCH_DIMENSIONS, TuningConfig, available_strategies
+from autoquant.tuning import (
+    OBJECTIVES,
+    SEARCH_DIMENSIONS,
+    BudgetConfig,
+    GoalConfig,
+    LatencyConfig,
+    SpaceConfig,
+    StudyConfig,
+    TuningConfig,
+    available_strategies,
+)
 
 # -- validation ---------------------------------------------------------------------------
 
@@ -24,7 +37,7 @@ BAD = [
     ("tolerable_loss", "1%", ["a number"]),
     ("higher_is_better", 1, ["a bool"]),
     ("objective", "speed", [repr(o) for o in OBJECTIVES]),
-    ("strategy", "grid", [repr(s) for s in available_strategies()]),
+    ("strategy", "", ["a strategy name"]),
     ("max_trials", 0, ["an int >= 1"]),
     ("max_trials", 2.0, ["an int >= 1"]),
     ("max_trials", True, ["an int >= 1"]),
@@ -82,6 +95,58 @@ def test_sequences_become_tuples_and_replace_revalidates():
         c.replace(max_trials=-1)
     d = c.to_dict()
     assert d["search"] == ("approach",) and d["seed"] == 1978
+
+
+def test_sections_and_flat_keywords_are_one_config():
+    flat = TuningConfig(tolerable_loss=0.005, max_trials=10, strategy="tpe", latency_threads=2)
+    sections = TuningConfig(
+        goal=GoalConfig(tolerable_loss=0.005),
+        budget=BudgetConfig(max_trials=10, strategy="tpe"),
+        latency=LatencyConfig(threads=2),
+    )
+    assert flat == sections and hash(flat) == hash(sections)
+    assert flat.goal.tolerable_loss == flat.tolerable_loss == 0.005
+    assert flat.latency.threads == flat.latency_threads == 2
+    assert (flat.space, flat.study) == (SpaceConfig(), StudyConfig())
+    # a flat keyword given with its section overrides that one field
+    mixed = TuningConfig(budget=BudgetConfig(max_trials=10, seed=7), max_trials=3)
+    assert (mixed.max_trials, mixed.seed) == (3, 7)
+    # replace takes both; a replaced section is replaced whole
+    assert flat.replace(budget=BudgetConfig()).max_trials == 100
+    assert flat.replace(min_latency_gain=0.1).latency == LatencyConfig(threads=2, min_gain=0.1)
+    with pytest.raises(FrozenInstanceError):
+        flat.max_trials = 3  # type: ignore[misc]
+
+
+def test_to_dict_keeps_the_flat_keys_mlflow_and_studies_record():
+    d = TuningConfig(storage="sqlite:///x.db", study_name="s").to_dict()
+    assert list(d) == [
+        "criterion", "tolerable_loss", "higher_is_better", "objective", "strategy",
+        "max_trials", "timeout", "stop_on_first_pass", "max_failure_rate", "search",
+        "approaches", "observers", "tie", "include_simulated", "calib_samples",
+        "latency_threads", "latency_repeats", "latency_warmup", "min_latency_gain",
+        "metric_bounds", "seed", "backend", "storage", "study_name", "heartbeat_interval",
+    ]  # fmt: skip
+    assert TuningConfig(**d) == TuningConfig(storage="sqlite:///x.db", study_name="s")
+
+
+def test_unknown_keywords_and_wrong_sections_are_named():
+    with pytest.raises(TypeError, match="unknown setting 'max_trial'"):
+        TuningConfig(max_trial=3)
+    with pytest.raises(ConfigError, match="TuningConfig.goal must be a GoalConfig"):
+        TuningConfig(goal=BudgetConfig())
+    with pytest.raises(ConfigError, match=r"TuningConfig.min_latency_gain \(latency.min_gain\)"):
+        LatencyConfig(min_gain=2.0)
+
+
+def test_config_and_callbacks_import_without_torch_or_optuna():
+    code = (
+        "import sys, autoquant.tuning.config, autoquant.tuning.callbacks, autoquant.tuning;"
+        "autoquant.tuning.TuningConfig(max_trials=2);"
+        "print(sorted(m for m in ('torch', 'optuna') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_every_strategy_name_is_accepted():

@@ -14,6 +14,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, ClassVar
 
+from autoquant.tuning import objective
+
 if TYPE_CHECKING:
     import optuna
 
@@ -98,20 +100,9 @@ class Strategy(ABC):
 
     # -- helpers shared by strategies --------------------------------------------------
     def better(self, new: TrialRecord, old: TrialRecord | None) -> bool:
-        """Passing beats failing; among passing, the objective; among failing, accuracy."""
-        if new.metrics is None:
-            return False
-        if old is None or old.metrics is None:
-            return True
-        if new.passed != old.passed:
-            return new.passed
-        if new.passed:
-            # Latency is noisy: a change must win by a clear margin to be kept.
-            margin = 0.0 if self.config.objective == "size" else self.config.min_latency_gain
-            return _objective(new, self.config.objective) < _objective(
-                old, self.config.objective
-            ) * (1 - margin)
-        return new.metrics.loss < old.metrics.loss
+        """Passing beats failing; among passing, the objective (latency by a clear
+        margin); among failing, accuracy (see :func:`autoquant.tuning.objective.better`)."""
+        return objective.better(self.config, new, old)
 
     def speed_refinement(self, params: dict[str, str], record: TrialRecord) -> Steps:
         """Once a plan passes: keep an op in fp32 where that is faster and still passes.
@@ -136,13 +127,6 @@ class Strategy(ABC):
         return None
 
 
-def _objective(rec: TrialRecord, objective: str) -> float:
-    assert rec.metrics is not None
-    if objective == "size":
-        return float(rec.metrics.size_bytes)
-    return rec.metrics.latency_ms
-
-
 _REGISTRY: dict[str, type[Strategy]] = {}
 
 
@@ -163,5 +147,6 @@ def get_strategy(name: str) -> type[Strategy]:
         from autoquant.errors import ConfigError
 
         raise ConfigError(
-            f"strategy must be one of {available_strategies()}, but got {name!r}."
+            f"TuningConfig.strategy must be one of {available_strategies()}, but got "
+            f"{name!r}. A new strategy registers itself with @register_strategy."
         ) from None

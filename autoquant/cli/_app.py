@@ -23,12 +23,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from autoquant._cli_schema import register_schemas
+from autoquant.cli._schema import register_schemas, tuning_config
+from autoquant.tuning.callbacks import TuningCallback
 
 __all__ = ["main", "run_job"]
 
 log = logging.getLogger("autoquant")
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 # -- checking the command line before anything heavy ----------------------------------------
@@ -99,40 +100,6 @@ def _check_overrides(argv: list[str]) -> None:
 
 
 # -- the job ------------------------------------------------------------------------------------
-def _tuning_config(cfg: DictConfig) -> Any:
-    from autoquant.tuning import TuningConfig
-
-    t, s, m = cfg.tuning, cfg.space, cfg.data.metric
-    return TuningConfig(
-        criterion=t.criterion,
-        tolerable_loss=float(t.tolerable_loss),
-        higher_is_better=bool(m.higher_is_better),
-        objective=t.objective,
-        strategy=cfg.strategy.name,
-        max_trials=int(t.max_trials),
-        timeout=None if t.timeout is None else float(t.timeout),
-        stop_on_first_pass=bool(t.stop_on_first_pass),
-        max_failure_rate=float(t.max_failure_rate),
-        search=tuple(s.search),
-        approaches=tuple(s.approaches),
-        observers=tuple(s.observers),
-        tie=s.tie,
-        include_simulated=bool(s.include_simulated),
-        calib_samples=int(t.calib_samples),
-        latency_threads=int(t.latency.threads),
-        latency_repeats=int(t.latency.repeats),
-        latency_warmup=int(t.latency.warmup),
-        min_latency_gain=float(t.latency.min_gain),
-        metric_bounds=None if m.bounds is None else float(m.bounds),
-        # Workers of one study need different seeds, or they propose the same plans.
-        seed=int(t.seed) + int(cfg.study.worker),
-        backend=cfg.backend.name,
-        storage=cfg.storage.url,
-        study_name=None if cfg.storage.url is None else str(cfg.study.name),
-        heartbeat_interval=int(cfg.storage.heartbeat_interval),
-    )
-
-
 def _check_workers(cfg: DictConfig) -> None:
     workers, worker = int(cfg.launch.workers), int(cfg.study.worker)
     if workers < 1 or worker < 0:
@@ -172,16 +139,20 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Tune as configured; write summary.json and the best model into ``run_dir``."""
     import warnings
 
-    import torch
-
-    import autoquant
-    from autoquant._progress import Progress
-    from autoquant.storage import mask_url
-    from autoquant.tracking import TrackingConfig, make_tracker
+    from autoquant.tuning.strategies import get_strategy
 
     started = time.monotonic()
     _check_workers(cfg)
-    config = _tuning_config(cfg)  # fails on a bad value before any model is loaded
+    config = tuning_config(cfg)  # fails on a bad value before any model is loaded
+    get_strategy(config.strategy)  # and on an unknown strategy (strategy.name=...)
+
+    import torch
+
+    import autoquant
+    from autoquant.cli._progress import Progress
+    from autoquant.storage import mask_url
+    from autoquant.tracking import TrackingConfig, make_tracker
+
     if config.storage is not None:
         from autoquant.storage import open_storage
 
@@ -212,9 +183,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tracking, study_name=study_name, run_config=run_config, model_factory=factory
     )
     progress = Progress(mode=cfg.output.progress, max_trials=config.max_trials)
-    best_so_far = _BestSoFar(
-        run_dir, save_model=bool(cfg.output.save_model), model_factory=factory
-    )
+    best_so_far = _BestSoFar(run_dir, save_model=bool(cfg.output.save_model), model_factory=factory)
     status = "FAILED"
     try:
         with warnings.catch_warnings():
@@ -254,7 +223,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-class _BestSoFar:  # a TuningCallback (not subclassed: cli.py stays import-light)
+class _BestSoFar(TuningCallback):
     """Keeps the best passing model found so far on disk while the search runs
     (``best_so_far/``: plan, metrics, model), so a study killed at any point leaves its
     best result behind. Overwritten (atomically) only when the best trial changes."""
@@ -267,9 +236,6 @@ class _BestSoFar:  # a TuningCallback (not subclassed: cli.py stays import-light
 
     def on_start(self, *, build: Any, **_: Any) -> None:
         self.build = build  # from the study's calibration statistics: no recalibration
-
-    def on_end(self, result: Any) -> None:
-        pass
 
     def on_trial(self, record: Any, *, evaluations: int, best: Any) -> None:
         import shutil
@@ -376,8 +342,8 @@ def _print_outputs(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 def _run_workers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """``launch.workers=N``: N worker processes on one study (see autoquant/_workers.py)."""
-    from autoquant._workers import supervise
+    """``launch.workers=N``: N worker processes on one study (see autoquant/cli/_workers.py)."""
+    from autoquant.cli._workers import supervise
 
     _check_workers(cfg)
     summary = supervise(cfg, run_dir)
@@ -419,7 +385,3 @@ def main() -> None:
     register_schemas()
     _check_overrides(sys.argv[1:])
     _app()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,4 +1,4 @@
-"""The tuning engine (``autoquant.tuning.engine.tune``) on real models trained in the
+"""The search (``autoquant.tuning.tune``, autoquant/tuning/_search.py) on real models trained in the
 session: calibration and baseline once, memory, failures, timeout, pruning, cache,
 what each Optuna trial records, and the unreachable goal.
 
@@ -268,7 +268,7 @@ def test_errors_nans_and_out_of_memory_are_recorded_and_the_study_goes_on(cancer
     assert [r.state == "error" for r in runs] == [False, True, True, True, True, True, False, False]
     errors = [r.error for r in runs if r.state == "error"]
     assert errors[0].startswith("RuntimeError: boom in eval at ")
-    assert "test_engine.py:" in errors[0]  # where it was raised
+    assert "test_search.py:" in errors[0]  # where it was raised
     assert errors[1].startswith("FloatingPointError: eval_fn returned nan")
     assert errors[2].startswith("out of memory: ")
     assert errors[3].startswith("out of memory: CUDA out of memory")
@@ -331,6 +331,22 @@ def test_bad_inputs_fail_before_any_trial(cancer):
         tune(cancer.model, cancer.accuracy, calib_data=None)
     with pytest.raises(ConfigError, match="returned nan for the float model"):
         tune(cancer.model, lambda m: math.nan, calib_data=cancer.calib, config=fast_config())
+
+
+def test_an_unknown_strategy_fails_before_the_model_is_touched(cancer):
+    # Strategy names are checked where strategies are looked up (not in TuningConfig,
+    # which stays free of the strategy registry): first thing in tune().
+    calls = []
+
+    def eval_fn(model):
+        calls.append(model)
+        return 1.0
+
+    with pytest.raises(ConfigError) as info:
+        tune(cancer.model, eval_fn, calib_data=cancer.calib, config=fast_config(strategy="grid"))
+    msg = str(info.value)
+    assert "TuningConfig.strategy" in msg and "'grid'" in msg and "'tpe'" in msg
+    assert calls == []
 
 
 def test_eval_fn_must_return_a_number(cancer):

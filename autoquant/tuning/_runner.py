@@ -1,0 +1,318 @@
+"""The trial runner: one candidate at a time, built, evaluated, measured, freed.
+
+:class:`Runner` holds what every trial of one ``tune`` call shares (the float model,
+the user's ``eval_fn``, the search space, the calibration statistics, the build reuse
+cache) and runs one trial's plan: build the candidate from the shared statistics, run
+the user's metric (with a :class:`Reporter` that can stop a hopeless trial early),
+measure latency and size, drop the candidate. It also runs the float baseline and the
+cheap per-unit sensitivity scores. It knows nothing of studies or strategies.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import math
+import time
+import traceback
+import warnings
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.fx
+from torch import nn
+
+from autoquant.errors import ConfigError
+from autoquant.inputs import call_model, first_tensor, from_batch
+from autoquant.tuning import objective
+from autoquant.tuning.config import TuningConfig
+from autoquant.tuning.result import Metrics, TrialRecord
+from autoquant.tuning.space import FP32, SearchSpace
+
+__all__ = ["Reporter", "Runner"]
+
+
+class _Prune(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Reporter:
+    """Passed to ``eval_fn(model, report)`` so it can send partial results.
+
+    Call ``report(value, fraction)`` after each batch with the metric on the data seen so
+    far and the share of the evaluation done (0-1]. The trial stops early when the
+    timeout has passed, or, with ``TuningConfig.metric_bounds`` set, when even a perfect
+    score on the remaining data could not meet the goal.
+    """
+
+    def __init__(
+        self,
+        trial: Any,
+        config: TuningConfig,
+        baseline: float,
+        deadline: float | None,
+        multi: bool,
+        prune_on_goal: bool = True,
+    ) -> None:
+        self._trial, self._config, self._baseline = trial, config, baseline
+        self._deadline, self._multi = deadline, multi
+        # Until one trial has run to the end, none is cut short for missing the goal:
+        # when nothing can meet it, that trial is the model the result falls back to.
+        self._prune_on_goal = prune_on_goal
+        self.step = 0
+
+    def __call__(self, value: float, fraction: float | None = None) -> None:
+        self.step += 1
+        if not self._multi and math.isfinite(value):
+            self._trial.report(float(value), self.step)
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise _Prune("timeout during evaluation")
+        bound = self._config.metric_bounds
+        if self._prune_on_goal and bound is not None and fraction is not None and 0 < fraction < 1:
+            reachable = value * fraction + bound * (1 - fraction)
+            if not objective.passes(self._config, self._baseline, reachable):
+                raise _Prune(
+                    f"cannot meet the goal: {value:.5g} on {fraction:.0%} of the data, at best "
+                    f"{reachable:.5g} overall, target {self._config.target(self._baseline):.5g}"
+                )
+
+
+def _ignore_report(value: float, fraction: float | None = None) -> None:
+    """The reporter given to a two-argument eval_fn for the float baseline."""
+
+
+def _takes_reporter(fn: Callable[..., Any]) -> bool:
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _first_inputs(calib_data: Iterable[Any]) -> Any:
+    from autoquant._data import iter_batches
+
+    for args, kwargs, _ in iter_batches(calib_data):
+        return from_batch(args, kwargs)
+    raise ConfigError("calib_data is empty; it is also where tune() takes its latency inputs.")
+
+
+def _drop(model: nn.Module | None) -> weakref.ref[nn.Module] | None:
+    """Prepare a candidate to be freed by reference counting alone.
+
+    A torch.fx GraphModule and its graph reference each other, so dropping the last
+    reference would leave it for the cyclic GC; unlinking the graph's owner breaks that
+    cycle. Returns a weak reference to check that the candidate is gone.
+    """
+    if model is None:
+        return None
+    for module in model.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            graph = module.graph
+            if getattr(graph, "_owning_module", None) is module:
+                graph._owning_module = None
+    return weakref.ref(model)
+
+
+def _free(dropped: weakref.ref[nn.Module] | None) -> None:
+    """Make sure a dropped candidate is gone before the next one is built.
+
+    A full collection costs ~0.2 s in a process that holds torch, so it runs only when
+    some other cycle kept the candidate alive.
+    """
+    if dropped is not None and dropped() is not None:
+        gc.collect()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+
+class Runner:
+    def __init__(
+        self,
+        model: nn.Module,
+        eval_fn: Callable[..., float],
+        calib_data: Iterable[Any] | None,
+        config: TuningConfig,
+        example_inputs: Any,
+    ) -> None:
+        from autoquant.backends import get_backend
+        from autoquant.discovery import discover
+
+        self.model, self.eval_fn, self.config = model, eval_fn, config
+        self.calib_data = calib_data
+        self.backend = get_backend(config.backend)
+        self.with_reporter = _takes_reporter(eval_fn)
+        self.start = time.monotonic()
+        self.deadline = None if config.timeout is None else self.start + config.timeout
+        self.ops = discover(model)
+        self.space = SearchSpace.build(
+            model, self.ops, self.backend, config, calibrated=calib_data is not None
+        )
+        self.example = (
+            example_inputs
+            if example_inputs is not None
+            else (_first_inputs(calib_data) if calib_data is not None else None)
+        )
+        if self.example is None:
+            raise ConfigError(
+                "tune() needs inputs to time the model: pass example_inputs= (or calib_data=)."
+            )
+        self.stats = None
+        self.calibration_passes = 0
+        self.multi = objective.n_objectives(config) > 1
+        self.scored = 0  # trials with full metrics so far
+        self.baseline_metrics: Metrics | None = None
+        from autoquant.backends.base import BuildReuse
+
+        self.reuse = BuildReuse()
+
+    def calibrate(self) -> None:
+        """The one calibration pass (only when the space holds static configs)."""
+        if self.space.needs_calibration:
+            from autoquant.calibration import calibrate
+
+            self.stats = calibrate(
+                self.model,
+                self.calib_data,
+                backend=self.backend,
+                max_samples=self.config.calib_samples,
+            )
+            self.calibration_passes += 1
+
+    # -- measuring ---------------------------------------------------------------------
+    def _evaluate(self, model: nn.Module, reporter: Reporter | None) -> float:
+        with torch.inference_mode():
+            value = self.eval_fn(model, reporter) if reporter is not None else self.eval_fn(model)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"eval_fn must return a number, but returned {value!r}") from None
+        return value
+
+    def _measure(self, model: nn.Module, accuracy: float, baseline: float | None) -> Metrics:
+        from autoquant.measure import measure_latency, size_bytes
+
+        lat = measure_latency(
+            model,
+            self.example,
+            threads=self.config.latency_threads,
+            warmup=self.config.latency_warmup,
+            repeats=self.config.latency_repeats,
+        )
+        loss = 0.0 if baseline is None else self.config.loss(baseline, accuracy)
+        return Metrics(
+            accuracy, loss, lat.median_ms, lat.p90_ms, size_bytes(model), lat.simulated_ops
+        )
+
+    def baseline(self) -> Metrics:
+        # Fix: a two-argument eval_fn(model, report) was called as eval_fn(model) here and
+        # raised TypeError before the first trial. The baseline has no trial to report to
+        # and is never pruned, so it gets a reporter that ignores what it is sent.
+        accuracy = self._evaluate(self.model, _ignore_report if self.with_reporter else None)
+        if not math.isfinite(accuracy):
+            raise ConfigError(
+                f"eval_fn returned {accuracy} for the float model; it must be finite."
+            )
+        self.baseline_metrics = self._measure(self.model, accuracy, None)
+        return self.baseline_metrics
+
+    def build(self, plan: Any, *, candidate: bool = True) -> nn.Module:
+        """A trial candidate (shares float tensors and cached quantized ops, read-only),
+        or with ``candidate=False`` an independent model (the result)."""
+        with warnings.catch_warnings():
+            # Each trial would repeat the same build warnings; the first build showed them.
+            warnings.simplefilter("ignore")
+            return self.backend.build(
+                self.model, plan, self.stats, reuse=self.reuse if candidate else None
+            )
+
+    def sensitivity(self) -> dict[str, float]:
+        """Relative output error with one unit quantized at its default config."""
+        from autoquant._data import iter_batches
+
+        inputs: list[Any] = []
+        if self.calib_data is not None:
+            for args, kwargs, _ in iter_batches(
+                self.calib_data, max_samples=min(32, self.config.calib_samples)
+            ):
+                inputs.append(from_batch(args, kwargs))
+        else:
+            inputs.append(self.example)
+        with torch.inference_mode():
+            reference = [first_tensor(call_model(self.model, x)).float() for x in inputs]
+        all_fp32 = {name: FP32 for name in self.space.unit_names}
+        scores: dict[str, float] = {}
+        for name, unit in self.space.units.items():
+            params = dict(all_fp32)
+            params[name] = unit.default
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                break  # out of time: unscored units count as insensitive
+            candidate = self.build(self.space.plan(params))
+            with torch.inference_mode():
+                err = sum(
+                    float((first_tensor(call_model(candidate, x)).float() - ref).pow(2).sum())
+                    for x, ref in zip(inputs, reference, strict=True)
+                )
+            norm = sum(float(ref.pow(2).sum()) for ref in reference) or 1.0
+            scores[name] = err / norm if math.isfinite(err) else math.inf
+            dropped = _drop(candidate)
+            candidate = None
+            _free(dropped)
+        return scores
+
+    # -- one trial ---------------------------------------------------------------------
+    def run_trial(self, trial: Any, number: int, baseline: Metrics) -> TrialRecord:
+        params = dict(trial.params)
+        plan = self.space.plan(params)
+        record = TrialRecord(number=number, params=params, plan=plan, state="error")
+        t0 = time.perf_counter()
+        candidate = None
+        try:
+            candidate = self.build(plan)
+            t1 = time.perf_counter()
+            reporter = (
+                Reporter(
+                    trial,
+                    self.config,
+                    baseline.accuracy,
+                    self.deadline,
+                    self.multi,
+                    prune_on_goal=self.scored > 0,
+                )
+                if self.with_reporter
+                else None
+            )
+            accuracy = self._evaluate(candidate, reporter)
+            t2 = time.perf_counter()
+            if not math.isfinite(accuracy):
+                raise FloatingPointError(f"eval_fn returned {accuracy}")
+            record.metrics = self._measure(candidate, accuracy, baseline.accuracy)
+            t3 = time.perf_counter()
+            record.timings = {"build_s": t1 - t0, "eval_s": t2 - t1, "measure_s": t3 - t2}
+            self.scored += 1
+            record.passed = objective.passes(self.config, baseline.accuracy, accuracy)
+            record.state = "pass" if record.passed else "fail"
+        except _Prune as exc:
+            record.state, record.error = "pruned", exc.reason
+        except Exception as exc:  # noqa: BLE001 - a failing trial must not end the study
+            kind = "out of memory" if _is_oom(exc) else type(exc).__name__
+            tb = traceback.extract_tb(exc.__traceback__)
+            where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+            record.state, record.error = "error", f"{kind}: {exc}{where}"
+        finally:
+            # Drop the candidate before the next one is built: float model + one candidate.
+            dropped = _drop(candidate)
+            candidate = None
+            _free(dropped)
+        record.timings["total_s"] = time.perf_counter() - t0
+        return record
+
+    def objective_values(self, m: Metrics) -> list[float]:
+        return objective.objective_values(self.config, m)

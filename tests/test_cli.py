@@ -40,17 +40,6 @@ def test_help_is_quick_and_lists_the_groups(tmp_path: Path) -> None:
     assert "autoquant -m tuning.tolerable_loss" in out.stdout
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("tuning.tolerable_los=0.1", "Did you mean 'tuning.tolerable_loss'?"),
-        ("tuning.max_trials=abc", "could not be converted to Integer"),
-        ("strategy=bogus", "Available options in 'strategy'"),
-        ("bogus.key=1", "Top-level keys: backend, data, launch, model"),
-        ("strategy.name=grid", "TuningConfig.strategy must be one of ['basic'"),
-        ("tuning.latency.min_gain=2", "TuningConfig.min_latency_gain (latency.min_gain)"),
-    ],
-)
 def test_every_tuning_setting_has_one_conf_key_and_the_same_default() -> None:
     # The schema is derived from TuningConfig's sections, so conf/ cannot drift from them:
     # the composed default job is TuningConfig's defaults (plus the digits metric's bound).
@@ -72,6 +61,17 @@ def test_every_tuning_setting_has_one_conf_key_and_the_same_default() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("tuning.tolerable_los=0.1", "Did you mean 'tuning.tolerable_loss'?"),
+        ("tuning.max_trials=abc", "could not be converted to Integer"),
+        ("strategy=bogus", "Available options in 'strategy'"),
+        ("bogus.key=1", "Top-level keys: backend, data, launch, model"),
+        ("strategy.name=grid", "TuningConfig.strategy must be one of ['basic'"),
+        ("tuning.latency.min_gain=2", "TuningConfig.min_latency_gain (latency.min_gain)"),
+    ],
+)
 def test_bad_config_fails_fast_with_a_clear_message(
     tmp_path: Path, override: str, expected: str
 ) -> None:

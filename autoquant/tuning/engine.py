@@ -28,6 +28,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from autoquant import _faults
 from autoquant.errors import AutoQuantError, ConfigError
 from autoquant.tuning.callbacks import TuningCallback
 from autoquant.tuning.config import TuningConfig
@@ -326,6 +327,7 @@ class _Engine:
                 else None
             )
             accuracy = self._evaluate(candidate, reporter)
+            _faults.hit("evaluate")
             t2 = time.perf_counter()
             if not math.isfinite(accuracy):
                 raise FloatingPointError(f"eval_fn returned {accuracy}")
@@ -359,18 +361,34 @@ class _Engine:
 
 
 def _tell(study: Any, trial: Any, record: TrialRecord, engine: _Engine) -> None:
+    """Write the trial's outcome, ``state`` last, then finish it.
+
+    Each attribute is a separate storage write, and a worker can die between any two:
+    readers (``_coordination.is_complete``) take a trial as finished only once its
+    final ``state`` is there, and by then everything else is.
+    """
     import optuna
 
-    trial.set_user_attr("plan_hash", record.plan_hash)
-    trial.set_user_attr("state", record.state)
-    trial.set_user_attr("fp32_ops", [f for f, c in record.plan.items() if c is None])
+    from autoquant import _faults
+
+    def put(key: str, value: Any) -> None:
+        trial.set_user_attr(key, value)
+        if record.evaluated:
+            _faults.hit(f"tell:{key}")
+
+    put("plan_hash", record.plan_hash)
+    put("fp32_ops", [f for f, c in record.plan.items() if c is None])
     # Fix: the resolved plan is stored for every trial (it was only stored for trials with
     # metrics), so a failed or pruned trial says exactly what it tried.
-    trial.set_user_attr("plan", record.plan.to_dict())
+    put("plan", record.plan.to_dict())
     if record.cached_from is not None:
-        trial.set_user_attr("cached_from", record.cached_from)
+        put("cached_from", record.cached_from)
     if record.error:
-        trial.set_user_attr("error", record.error[:2000])
+        put("error", record.error[:2000])
+    if record.metrics is not None:
+        put("metrics", record.metrics.to_dict())
+        put("timings", record.timings)
+    put("state", record.state)
     if record.state == "skipped":
         # The all-float plan: told with the baseline's values and an infeasible
         # "quantizes no op" constraint, so samplers learn that region is not a result
@@ -385,8 +403,6 @@ def _tell(study: Any, trial: Any, record: TrialRecord, engine: _Engine) -> None:
         state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL
         study.tell(trial, state=state)
         return
-    trial.set_user_attr("metrics", record.metrics.to_dict())
-    trial.set_user_attr("timings", record.timings)
     trial.set_constraint(_CONSTRAINT, record.metrics.loss - engine.config.tolerable_loss)
     trial.set_constraint(_ALL_FLOAT, -1.0)
     study.tell(trial, engine.objective_values(record.metrics))
@@ -590,7 +606,7 @@ def _search(
     """
     import optuna
 
-    from autoquant.tuning._coordination import Coordinator
+    from autoquant.tuning._coordination import Coordinator, Decision
 
     config = engine.config
     coord = Coordinator(
@@ -642,12 +658,16 @@ def _search(
             continue
         if asked >= max_asks:
             return finish("no new plans (the sampler keeps proposing evaluated ones)")
+        # A dead worker's plan is enqueued again: ask for it before anything new, and
+        # keep this worker's own proposal for the next ask.
+        retry = budget == "retry"
         filling = (
             proposal is not SAMPLE
+            and not retry
             and strategy.fill_while_waiting
             and coord.being_evaluated(engine.space.plan(proposal).hash)
         )
-        if proposal is not SAMPLE and not filling:
+        if proposal is not SAMPLE and not filling and not retry:
             study.enqueue_trial(proposal)
         trial = study.ask(distributions)
         asked += 1
@@ -655,7 +675,11 @@ def _search(
         record = TrialRecord(trial.number, dict(trial.params), plan, "error")
         try:
             with coord.heartbeat(trial):
-                decision = coord.decide(trial, plan, deadline=engine.deadline)
+                if retry and trial.user_attrs.get("retry_of") is None:
+                    # Another worker asked for the retry first: this trial is not needed.
+                    decision = Decision("surplus", reason="another worker took the retry")
+                else:
+                    decision = coord.decide(trial, plan, deadline=engine.deadline)
                 if decision.action == "skipped":
                     record.state = "skipped"
                     record.error = "the all-float plan is the baseline, not a result"
@@ -688,7 +712,7 @@ def _search(
             cb.on_trial(record, evaluations=coord.evaluations, best=best)
         if record.passed and config.stop_on_first_pass:
             return finish("first pass")
-        if record.state == "surplus" or filling:
+        if record.state == "surplus" or filling or retry:
             # The proposal was not tried (budget spent, or another worker is evaluating
             # it): offer it again; once its result is in, it is a cached trial.
             continue

@@ -23,6 +23,8 @@ import base64
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 import zlib
@@ -47,9 +49,7 @@ SETTLE_S = 0.3
 
 
 def _worker() -> str:
-    from autoquant.tuning._coordination import WORKER
-
-    return WORKER
+    return f"{socket.gethostname()}:{os.getpid()}"  # as _coordination.WORKER
 
 
 # Settings that change what a trial measures or which plans exist; the goal, strategy,

@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -32,8 +33,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from autoquant import _faults
 from autoquant.storage import open_storage
 from autoquant.tuning._coordination import is_complete, is_dead_evaluation
+from autoquant.tuning._study_state import StudyState
 
 WORKER = Path(__file__).with_name("_worker.py")
 EVALUATED = ("pass", "fail", "pruned", "error")
@@ -178,3 +181,45 @@ def test_worker_killed_holding_the_journal_lock(tmp_path: Path) -> None:
     results = [_finish(w) for w in survivors]
     _check(url, events, victim.pid, results, (0, 1))
     assert time.monotonic() - t0 < 60  # Optuna's symlink lock alone stalls 30 s
+
+
+def test_fault_spec() -> None:
+    assert _faults._parse(None) is None and _faults._parse("") is None
+    assert _faults._parse("evaluate") == ("evaluate", 1)
+    assert _faults._parse("tell:metrics@3") == ("tell:metrics", 3)
+
+
+def _racing_preparers(url: str, n: int) -> list[bool]:
+    """n threads, each with its own storage and StudyState, claim at the same moment."""
+    barrier = threading.Barrier(n)
+    won: list[bool] = []
+
+    def one() -> None:
+        study = optuna.load_study(study_name="prep", storage=open_storage(url))
+        state = StudyState(study, "fp", heartbeat_interval=1)
+        barrier.wait()
+        prepares = state.wait_until_ready()
+        won.append(prepares)
+        if prepares:
+            with state.preparing():  # beats its claim, then marks the study ready
+                time.sleep(0.5)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return won
+
+
+def test_one_preparer_among_workers_starting_together(storage_url: str) -> None:
+    optuna.create_study(storage=open_storage(storage_url), study_name="prep")
+    assert sorted(_racing_preparers(storage_url, 4)) == [False, False, False, True]
+
+
+def test_a_stale_preparer_claim_is_taken_over_by_one(tmp_path: Path) -> None:
+    url = f"journal://{tmp_path / 'study.log'}"
+    study = optuna.create_study(storage=open_storage(url), study_name="prep")
+    old = time.time() - 10  # a claim silent for 10 s > 3 beats of 1 s: its worker died
+    study.set_user_attr("autoquant:preparer:dead", {"since": old, "beat": old, "worker": "x:1"})
+    assert sorted(_racing_preparers(url, 3)) == [False, False, True]

@@ -256,6 +256,9 @@ def main() -> None:
     parser.add_argument("--kill-window", type=float, default=3.0)
     parser.add_argument("--timeout", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="per storage: start no run after this"
+    )
     parser.add_argument("--pg-url", default=DEFAULT_PG)
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -276,7 +279,11 @@ def main() -> None:
         if kind == "postgresql" and (why := pg_unreachable(args.pg_url)):
             print(f"postgresql skipped: {why}", file=sys.stderr)
             continue
+        t_kind = time.monotonic()
         for i in range(args.runs):
+            if args.budget_s is not None and time.monotonic() - t_kind > args.budget_s:
+                print(f"{kind}: time budget spent after {i} runs", file=sys.stderr)
+                break
             row = one_run(kind, i, args)
             rows.append(row)
             cells = [f"{row[c]:.1f}" if c == "wall_s" else str(row[c]) for c in cols]

@@ -369,8 +369,6 @@ def _tell(study: Any, trial: Any, record: TrialRecord, engine: _Engine) -> None:
     """
     import optuna
 
-    from autoquant import _faults
-
     def put(key: str, value: Any) -> None:
         trial.set_user_attr(key, value)
         if record.evaluated:

@@ -164,6 +164,7 @@ class Coordinator:
                 view.running.append(t)
             elif t.state == TrialState.WAITING:
                 view.waiting.append(t)
+                self._waiting_seen.setdefault(t.number, time.monotonic())
             elif t.state in _FINISHED and t.number not in self.records:
                 record = record_from_trial(t, self.meets)
                 if record is not None:
@@ -209,7 +210,15 @@ class Coordinator:
         return plans
 
     def retry_waiting(self, view: _View) -> bool:
-        return any(t.user_attrs.get("retry_of") is not None for t in view.waiting)
+        """Whether a trial waits that must be asked for: a dead evaluation's retry, or
+        a proposal enqueued by a worker that died before asking for it (waiting longer
+        than the grace; it is told ``surplus``), so that none is left WAITING."""
+        now = time.monotonic()
+        return any(
+            t.user_attrs.get("retry_of") is not None
+            or now - self._waiting_seen.get(t.number, now) > self.grace
+            for t in view.waiting
+        )
 
     def being_evaluated(self, plan_hash: str) -> bool:
         """Whether another worker holds ``plan_hash`` right now (result not in yet)."""
@@ -227,9 +236,9 @@ class Coordinator:
 
     # -- the budget --------------------------------------------------------------------
     def budget(self) -> str:
-        """``retry`` (a dead evaluation's plan is enqueued: ask for it), ``done`` (the
-        study has max_trials evaluations), ``full`` (the rest are in flight on other
-        workers: wait, one may die), or ``open``."""
+        """``retry`` (a dead evaluation's plan is enqueued, or an abandoned proposal:
+        ask for it), ``done`` (the study has max_trials evaluations), ``full`` (the rest
+        are in flight on other workers: wait, one may die), or ``open``."""
         if not self.shared:
             self.refresh()
             return "done" if self.evaluations >= self.max_trials else "open"

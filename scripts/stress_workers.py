@@ -268,6 +268,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    # kill PID (SIGTERM) ends the runs through their clean-up: workers killed, storage removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     cols = ["storage", "run", "kills", "evals", "dup", "left", "agree", "live_extra"]
     cols += ["killed_extra", "calib", "calib_ok", "trials", "wall_s", "ok"]

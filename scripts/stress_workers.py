@@ -184,7 +184,13 @@ def one_run(kind: str, index: int, args: argparse.Namespace) -> dict[str, Any]:
             procs.append(start())  # the restart
         reports, failed = [], []
         for p in procs:
-            out, err = p.communicate(timeout=max(1.0, args.timeout - (time.monotonic() - t0)))
+            try:
+                out, err = p.communicate(timeout=max(1.0, args.timeout - (time.monotonic() - t0)))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                out, err = p.communicate()
+                failed.append(f"pid {p.pid}: still running after {args.timeout:.0f} s")
+                continue
             if p.pid in killed:
                 continue
             if p.returncode != 0:

@@ -162,6 +162,13 @@ class Coordinator:
                 view.retried.add(int(retry_of))
             if t.state == TrialState.RUNNING:
                 view.running.append(t)
+                if t.number not in self.records and is_complete(t.user_attrs):
+                    # Its outcome is all written, only Optuna's tell is missing (or its
+                    # worker died right there): it is this plan's evaluation, so no one
+                    # takes the plan over from it.
+                    record = record_from_trial(t, self.meets)
+                    if record is not None:
+                        self.add(record)
             elif t.state == TrialState.WAITING:
                 view.waiting.append(t)
                 self._waiting_seen.setdefault(t.number, time.monotonic())

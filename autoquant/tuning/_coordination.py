@@ -254,6 +254,8 @@ class Coordinator:
         if self.retry_waiting(view):
             return "retry"
         if self.evaluations >= self.max_trials:
+            if any(is_complete(t.user_attrs) for t in view.running):
+                return "full"  # told in a moment, or its dead worker's trial is reaped
             return "done"
         if self.evaluations + self.in_flight(view) >= self.max_trials:
             return "full"

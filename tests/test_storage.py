@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -15,7 +18,13 @@ import torch
 from tuning._helpers import fast_config, train_cancer
 
 import autoquant as aq
-from autoquant.storage import PASSWORD_ENV, PASSWORD_FILE_ENV, mask_url, open_storage
+from autoquant.storage import (
+    PASSWORD_ENV,
+    PASSWORD_FILE_ENV,
+    FlockLock,
+    mask_url,
+    open_storage,
+)
 
 
 def test_mask_url_hides_passwords_only() -> None:
@@ -219,3 +228,40 @@ def test_stopped_study_resumes_without_rerunning_finished_trials(tmp_path: Path,
     assert len(hashes) == len(set(hashes)) == 6
     assert second.study.study_name == "resume-me"
     assert second.study.user_attrs["config"]["storage"] == url
+
+
+def test_journal_lock_is_freed_at_once_when_its_holder_is_killed(tmp_path: Path) -> None:
+    # A process SIGKILLs itself while holding the journal's lock (fault point
+    # ``storage_lock``). Optuna's default symlink lock would stay behind and block every
+    # writer for 30 s; the flock dies with its holder.
+    url = f"journal://{tmp_path / 'study.log'}"
+    code = (
+        "import optuna; from autoquant.storage import open_storage; "
+        f"optuna.create_study(storage=open_storage({url!r}), study_name='killed')"
+    )
+    env = {**os.environ, "AUTOQUANT_FAULT": "storage_lock"}
+    child = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-2000:]
+    t0 = time.monotonic()
+    study = optuna.create_study(storage=open_storage(url), study_name="after")
+    study.set_user_attr("written", True)
+    assert time.monotonic() - t0 < 5
+    assert optuna.load_study(study_name="after", storage=open_storage(url)).user_attrs
+
+
+def test_journal_lock_excludes_threads_of_one_process(tmp_path: Path) -> None:
+    lock = FlockLock(str(tmp_path / "study.log"))
+    lock.acquire()
+    got = threading.Event()
+
+    def other() -> None:
+        lock.acquire()
+        got.set()
+        lock.release()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    assert not got.wait(0.3)  # blocked while this thread holds it
+    lock.release()
+    assert got.wait(10)
+    thread.join()

@@ -14,7 +14,15 @@ they share (no scheduler). The protocol, all through trial user attributes:
   clock), a ``heartbeat`` user attribute elsewhere (journal file: one machine, one
   clock). Before each ask and while waiting, workers mark trials silent for three
   intervals as failed, and enqueue the plan of a dead evaluation again (``retry_of``),
-  unless someone else holds it. A waiter whose evaluator died takes its place.
+  unless someone else holds it. A waiter whose evaluator died takes its place. A worker
+  whose own beats are late (the storage is slow for everyone) judges no one dead.
+* A trial's outcome is written with ``state`` last: a trial counts as finished only when
+  its ``state`` is final *and* its ``plan`` (and for pass/fail its ``metrics``) are there.
+  A worker killed part-way through telling leaves a trial that is in flight until it is
+  reaped and then a dead evaluation, run again; never counted, never lost.
+* The budget slot of a dead evaluation stays taken until its plan runs again: a silent
+  trial counts as in flight until it is reaped, a reaped one until its retry is
+  enqueued, and an enqueued retry until it is asked (workers ask for retries first).
 
 Single-process studies (in memory) run the same code without heartbeats or waits.
 """
@@ -44,7 +52,9 @@ __all__ = [
     "FINAL_STATES",
     "EVALUATED_STATES",
     "beating",
+    "beats_late",
     "finished_by_this_worker",
+    "is_complete",
 ]
 
 log = logging.getLogger("autoquant.tuning")
@@ -76,12 +86,32 @@ class _View:
 
     running: list[Any] = field(default_factory=list)
     waiting: list[Any] = field(default_factory=list)
+    dead: list[Any] = field(default_factory=list)  # failed evaluations, results lost
+    retried: set[int] = field(default_factory=set)  # trial numbers with a retry enqueued
+
+
+def is_complete(attrs: dict[str, Any]) -> bool:
+    """Whether a trial's outcome was fully written (``state`` is written last; the other
+    checks also catch trials torn by older versions, which wrote ``state`` first)."""
+    state = attrs.get("state")
+    if state not in FINAL_STATES or "plan" not in attrs:
+        return False
+    return state not in ("pass", "fail") or "metrics" in attrs
+
+
+def is_dead_evaluation(t: Any) -> bool:
+    """A failed trial whose plan was (being) evaluated but whose result was not written:
+    its worker died mid-evaluation or mid-tell. Its plan must run again."""
+    if t.state != TrialState.FAIL:
+        return False
+    attrs = t.user_attrs
+    return attrs.get("state") in ("evaluating", *EVALUATED_STATES) and not is_complete(attrs)
 
 
 def record_from_trial(t: Any, meets: Callable[[float], bool]) -> TrialRecord | None:
     """The TrialRecord of a finished autoquant trial (None for anything else)."""
     attrs = t.user_attrs
-    if attrs.get("state") not in FINAL_STATES or "plan" not in attrs:
+    if not is_complete(attrs):
         return None  # not written by autoquant, or its worker died before telling it
     m = attrs.get("metrics")
     metrics = None if m is None else Metrics.from_dict(m)
@@ -128,14 +158,27 @@ class Coordinator:
     def refresh(self) -> _View:
         view = _View()
         for t in self.study.get_trials(deepcopy=False):
+            retry_of = t.user_attrs.get("retry_of")
+            if retry_of is not None:
+                view.retried.add(int(retry_of))
             if t.state == TrialState.RUNNING:
                 view.running.append(t)
+                if t.number not in self.records and is_complete(t.user_attrs):
+                    # Its outcome is all written, only Optuna's tell is missing (or its
+                    # worker died right there): it is this plan's evaluation, so no one
+                    # takes the plan over from it.
+                    record = record_from_trial(t, self.meets)
+                    if record is not None:
+                        self.add(record)
             elif t.state == TrialState.WAITING:
                 view.waiting.append(t)
-            elif t.number not in self.records and t.state in _FINISHED:
+                self._waiting_seen.setdefault(t.number, time.monotonic())
+            elif t.state in _FINISHED and t.number not in self.records:
                 record = record_from_trial(t, self.meets)
                 if record is not None:
                     self.add(record)
+                elif is_dead_evaluation(t):
+                    view.dead.append(t)
         return view
 
     def add(self, record: TrialRecord) -> None:
@@ -147,11 +190,42 @@ class Coordinator:
     def evaluations(self) -> int:
         return len(self.by_plan)
 
-    def in_flight(self, view: _View, exclude: int | None = None) -> int:
-        return sum(
-            t.user_attrs.get("state") in _IN_FLIGHT
-            for t in view.running
-            if t.number != exclude and not self._stale(t)
+    def in_flight(
+        self, view: _View, exclude: int | None = None, plan_hash: str | None = None
+    ) -> int:
+        """Budget slots taken by evaluations not in yet: distinct plans (not evaluated
+        yet, other than ``plan_hash``) of running trials (silent ones too: a dead
+        worker's slot is kept until its plan runs again), of dead evaluations not
+        retried yet, and of enqueued retries."""
+        return len(self._plans_in_flight(view, exclude) - {plan_hash} - self.by_plan.keys())
+
+    def _plans_in_flight(self, view: _View, exclude: int | None = None) -> set[Any]:
+        plans: set[Any] = set()
+        for t in view.running:
+            if t.number == exclude:
+                continue
+            state = t.user_attrs.get("state")
+            if state in _IN_FLIGHT:
+                plans.add(t.user_attrs.get("plan_hash", ("trial", t.number)))
+            elif state is None and t.user_attrs.get("retry_of") is not None:
+                plans.add(self._hash_of(dict(t.params)))  # a retry, asked, not claimed yet
+        for t in view.waiting:
+            if t.user_attrs.get("retry_of") is not None:
+                plans.add(self._hash_of(t.system_attrs.get("fixed_params") or {}))
+        for t in view.dead:
+            if t.number not in view.retried:
+                plans.add(t.user_attrs.get("plan_hash", ("trial", t.number)))
+        return plans
+
+    def retry_waiting(self, view: _View) -> bool:
+        """Whether a trial waits that must be asked for: a dead evaluation's retry, or
+        a proposal enqueued by a worker that died before asking for it (waiting longer
+        than the grace; it is told ``surplus``), so that none is left WAITING."""
+        now = time.monotonic()
+        return any(
+            t.user_attrs.get("retry_of") is not None
+            or now - self._waiting_seen.get(t.number, now) > self.grace
+            for t in view.waiting
         )
 
     def being_evaluated(self, plan_hash: str) -> bool:
@@ -170,14 +244,19 @@ class Coordinator:
 
     # -- the budget --------------------------------------------------------------------
     def budget(self) -> str:
-        """``done`` (the study has max_trials evaluations), ``full`` (the rest are in
-        flight on other workers: wait, one may die), or ``open``."""
+        """``retry`` (a dead evaluation's plan is enqueued, or an abandoned proposal:
+        ask for it), ``done`` (the study has max_trials evaluations), ``full`` (the rest
+        are in flight on other workers: wait, one may die), or ``open``."""
         if not self.shared:
             self.refresh()
             return "done" if self.evaluations >= self.max_trials else "open"
         self.reap(force=False)
         view = self.refresh()
+        if self.retry_waiting(view):
+            return "retry"
         if self.evaluations >= self.max_trials:
+            if any(is_complete(t.user_attrs) for t in view.running):
+                return "full"  # told in a moment, or its dead worker's trial is reaped
             return "done"
         if self.evaluations + self.in_flight(view) >= self.max_trials:
             return "full"
@@ -232,7 +311,7 @@ class Coordinator:
                 trial.set_user_attr("state", "claimed")
                 announced = "claimed"
                 continue
-            if self.evaluations + self.in_flight(view, exclude=me) >= self.max_trials:
+            if self.evaluations + self.in_flight(view, me, plan.hash) >= self.max_trials:
                 return Decision("surplus", reason="max_trials reached (the rest is in flight)")
             trial.set_user_attr("state", "evaluating")
             return Decision("evaluate")
@@ -285,6 +364,11 @@ class Coordinator:
         if not force and now - self._last_reap < self.interval / 2:
             return
         self._last_reap = now
+        if beats_late():
+            # This worker's own beats are late: the storage (or this machine) is slow,
+            # so the others' beats may be late too. Judging them now would reap the live.
+            log.info("own heartbeats are late; not judging other workers this time")
+            return
         if self.native_heartbeat:
             optuna.storages.fail_stale_trials(self.study)
         # Journal trials, and on RDB trials that died before their first beat.
@@ -305,25 +389,22 @@ class Coordinator:
         self._retry_dead()
 
     def _retry_dead(self) -> None:
-        trials = self.study.get_trials(deepcopy=False)
-        retried = {t.user_attrs.get("retry_of") for t in trials}
-        held = {
-            t.user_attrs.get("plan_hash")
-            for t in trials
-            if t.state in (TrialState.RUNNING, TrialState.WAITING)
-            or t.user_attrs.get("state") in EVALUATED_STATES
-        }
-        for t in trials:
+        view = self.refresh()
+        held = {t.user_attrs.get("plan_hash") for t in view.running}
+        held |= {self._hash_of(t.system_attrs.get("fixed_params") or {}) for t in view.waiting}
+        for t in view.dead:
+            plan_hash = t.user_attrs.get("plan_hash")
             if (
-                t.state == TrialState.FAIL
-                and t.user_attrs.get("state") == "evaluating"
-                and t.number not in retried
-                and t.number not in self._retried
-                and t.user_attrs.get("plan_hash") not in held
+                t.number in view.retried
+                or t.number in self._retried
+                or plan_hash in held
+                or plan_hash in self.by_plan
             ):
-                self._retried.add(t.number)
-                self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
-                log.warning("trial %d died while evaluating; its plan is enqueued again", t.number)
+                continue
+            self._retried.add(t.number)
+            held.add(plan_hash)
+            self.study.enqueue_trial(dict(t.params), user_attrs={"retry_of": t.number})
+            log.warning("trial %d died while evaluating; its plan is enqueued again", t.number)
 
     def heartbeat(self, trial: optuna.Trial) -> AbstractContextManager[None]:
         """Beat for ``trial`` until the block ends (shared storages only)."""
@@ -340,14 +421,29 @@ class Coordinator:
         return beating(beat, self.interval, f"autoquant-heartbeat-{trial.number}")
 
 
+# This process's beating threads: name -> (interval, monotonic time of the last good beat).
+_BEATS: dict[str, tuple[float, float]] = {}
+_BEATS_LOCK = threading.Lock()
+LATE_BEATS = 1.5  # a beat this many intervals after the last good one is late
+
+
+def beats_late() -> bool:
+    """Whether any beating thread of this process has not beaten for 1.5 intervals."""
+    now = time.monotonic()
+    with _BEATS_LOCK:
+        return any(now - last > LATE_BEATS * iv for iv, last in _BEATS.values())
+
+
 @contextmanager
 def beating(beat: Callable[[], None], interval: float, name: str) -> Iterator[None]:
     """Call ``beat`` now and every ``interval`` seconds in a thread until the block ends.
 
     A failed beat is logged and skipped: it only delays what others conclude (the trial
     finished meanwhile, or the storage hiccuped), it must not stop the work beating.
+    Until the next good beat, :func:`beats_late` may report this thread late.
     """
     stop = threading.Event()
+    key = f"{name}:{id(stop)}"
 
     def loop() -> None:
         while not stop.wait(interval):
@@ -357,14 +453,22 @@ def beating(beat: Callable[[], None], interval: float, name: str) -> Iterator[No
                 if stop.is_set():
                     return
                 log.debug("%s: a beat failed", name, exc_info=True)
+                continue
+            with _BEATS_LOCK:
+                if key in _BEATS:
+                    _BEATS[key] = (interval, time.monotonic())
 
     beat()
+    with _BEATS_LOCK:
+        _BEATS[key] = (interval, time.monotonic())
     thread = threading.Thread(target=loop, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
+        with _BEATS_LOCK:
+            _BEATS.pop(key, None)
         thread.join(timeout=5)
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.fx
 from torch import nn
 
+from autoquant import _faults
 from autoquant.errors import ConfigError
 from autoquant.inputs import call_model, first_tensor, from_batch
 from autoquant.tuning import objective
@@ -290,6 +291,7 @@ class Runner:
                 else None
             )
             accuracy = self._evaluate(candidate, reporter)
+            _faults.hit("evaluate")
             t2 = time.perf_counter()
             if not math.isfinite(accuracy):
                 raise FloatingPointError(f"eval_fn returned {accuracy}")

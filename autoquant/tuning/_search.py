@@ -108,7 +108,7 @@ def _search(
     """
     import optuna
 
-    from autoquant.tuning._coordination import Coordinator
+    from autoquant.tuning._coordination import Coordinator, Decision
 
     config = engine.config
     coord = Coordinator(
@@ -160,12 +160,16 @@ def _search(
             continue
         if asked >= max_asks:
             return finish("no new plans (the sampler keeps proposing evaluated ones)")
+        # A dead worker's plan is enqueued again: ask for it before anything new, and
+        # keep this worker's own proposal for the next ask.
+        retry = budget == "retry"
         filling = (
             proposal is not SAMPLE
+            and not retry
             and strategy.fill_while_waiting
             and coord.being_evaluated(engine.space.plan(proposal).hash)
         )
-        if proposal is not SAMPLE and not filling:
+        if proposal is not SAMPLE and not filling and not retry:
             study.enqueue_trial(proposal)
         trial = study.ask(distributions)
         asked += 1
@@ -173,7 +177,11 @@ def _search(
         record = TrialRecord(trial.number, dict(trial.params), plan, "error")
         try:
             with coord.heartbeat(trial):
-                decision = coord.decide(trial, plan, deadline=engine.deadline)
+                if retry and trial.user_attrs.get("retry_of") is None:
+                    # Another worker asked for the retry first: this trial is not needed.
+                    decision = Decision("surplus", reason="another worker took the retry")
+                else:
+                    decision = coord.decide(trial, plan, deadline=engine.deadline)
                 if decision.action == "skipped":
                     record.state = "skipped"
                     record.error = "the all-float plan is the baseline, not a result"
@@ -206,7 +214,7 @@ def _search(
             cb.on_trial(record, evaluations=coord.evaluations, best=best)
         if record.passed and config.stop_on_first_pass:
             return finish("first pass")
-        if record.state == "surplus" or filling:
+        if record.state == "surplus" or filling or retry:
             # The proposal was not tried (budget spent, or another worker is evaluating
             # it): offer it again; once its result is in, it is a cached trial.
             continue

@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from autoquant import _faults
 from autoquant.errors import ConfigError
 from autoquant.tuning._runner import Runner
 from autoquant.tuning.callbacks import TuningCallback
@@ -31,18 +32,32 @@ _ALL_FLOAT = "all_float"  # 1 for the all-float plan (never a result), -1 otherw
 
 
 def _tell(study: Any, trial: Any, record: TrialRecord, engine: Runner) -> None:
+    """Write the trial's outcome, ``state`` last, then finish it.
+
+    Each attribute is a separate storage write, and a worker can die between any two:
+    readers (``_coordination.is_complete``) take a trial as finished only once its
+    final ``state`` is there, and by then everything else is.
+    """
     import optuna
 
-    trial.set_user_attr("plan_hash", record.plan_hash)
-    trial.set_user_attr("state", record.state)
-    trial.set_user_attr("fp32_ops", [f for f, c in record.plan.items() if c is None])
+    def put(key: str, value: Any) -> None:
+        trial.set_user_attr(key, value)
+        if record.evaluated:
+            _faults.hit(f"tell:{key}")
+
+    put("plan_hash", record.plan_hash)
+    put("fp32_ops", [f for f, c in record.plan.items() if c is None])
     # Fix: the resolved plan is stored for every trial (it was only stored for trials with
     # metrics), so a failed or pruned trial says exactly what it tried.
-    trial.set_user_attr("plan", record.plan.to_dict())
+    put("plan", record.plan.to_dict())
     if record.cached_from is not None:
-        trial.set_user_attr("cached_from", record.cached_from)
+        put("cached_from", record.cached_from)
     if record.error:
-        trial.set_user_attr("error", record.error[:2000])
+        put("error", record.error[:2000])
+    if record.metrics is not None:
+        put("metrics", record.metrics.to_dict())
+        put("timings", record.timings)
+    put("state", record.state)
     if record.state == "skipped":
         # The all-float plan: told with the baseline's values and an infeasible
         # "quantizes no op" constraint, so samplers learn that region is not a result
@@ -57,8 +72,6 @@ def _tell(study: Any, trial: Any, record: TrialRecord, engine: Runner) -> None:
         state = optuna.trial.TrialState.PRUNED if pruned else optuna.trial.TrialState.FAIL
         study.tell(trial, state=state)
         return
-    trial.set_user_attr("metrics", record.metrics.to_dict())
-    trial.set_user_attr("timings", record.timings)
     trial.set_constraint(_CONSTRAINT, record.metrics.loss - engine.config.tolerable_loss)
     trial.set_constraint(_ALL_FLOAT, -1.0)
     study.tell(trial, engine.objective_values(record.metrics))

@@ -2,11 +2,19 @@
 
 All of it lives in the study's user attributes, keyed by a *fingerprint* of the model
 (structure and weights), the calibration data and the settings that change what a
-trial measures. The worker that creates the study prepares them (calibration pass,
-float baseline) while beating ``autoquant:preparing``; the others wait for
-``autoquant:ready`` and load them. If the preparing worker goes silent for three
-heartbeat intervals, a waiting one takes over. A later run on the same study name with
-a different model, data or settings is refused (it would mix incomparable trials).
+trial measures. One worker prepares them (calibration pass, float baseline); the others
+wait for ``autoquant:ready`` and load them. Who prepares is settled by *claims*:
+
+* A worker that finds no live claim writes its own, ``autoquant:preparer:<token>`` =
+  ``{since, beat, worker}``, waits :data:`SETTLE_S` (longer than one storage write, so
+  claims written at about the same time see each other) and reads them all again. The
+  live claim with the smallest ``(since, token)`` wins; every worker reads the same
+  claims and agrees. The others withdraw theirs and wait.
+* The winner beats ``beat`` every heartbeat interval while it prepares. A claim silent
+  for three intervals is dead: the waiting workers claim again (one takes over).
+
+A later run on the same study name with a different model, data or settings is refused
+(it would mix incomparable trials).
 """
 
 from __future__ import annotations
@@ -15,7 +23,10 @@ import base64
 import hashlib
 import json
 import logging
+import os
+import socket
 import time
+import uuid
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,12 +35,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from autoquant import _faults
 from autoquant.errors import ConfigError
 
 __all__ = ["StudyState", "fingerprint"]
 
 log = logging.getLogger("autoquant.tuning")
 _PREFIX = "autoquant:"
+_CLAIM = "preparer:"
+# Claims written within this many seconds of each other see each other (a storage write
+# takes milliseconds; the wait is paid once per worker start, only with a storage).
+SETTLE_S = 0.3
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"  # as _coordination.WORKER
+
+
 # Settings that change what a trial measures or which plans exist; the goal, strategy,
 # budget and seed may differ between runs and workers of one study.
 _FINGERPRINTED = (
@@ -86,6 +108,8 @@ class StudyState:
         self.study, self.fp = study, fp
         self.interval = float(heartbeat_interval)
         self.grace = 3 * self.interval
+        self.token = uuid.uuid4().hex[:16]  # this worker's claim
+        self._since: float | None = None
 
     def _attrs(self) -> dict[str, Any]:
         return self.study.user_attrs
@@ -111,23 +135,43 @@ class StudyState:
             )
 
     # -- who prepares ------------------------------------------------------------------
-    def wait_until_ready(self, *, created: bool) -> bool:
+    def _claims(self) -> dict[str, dict[str, Any]]:
+        """Live preparer claims by token (not withdrawn, beaten within the grace)."""
+        now = time.time()
+        key = _PREFIX + _CLAIM
+        return {
+            name[len(key) :]: claim
+            for name, claim in self._attrs().items()
+            if name.startswith(key)
+            and isinstance(claim, dict)
+            and not claim.get("withdrawn")
+            and now - float(claim.get("beat", 0.0)) <= self.grace
+        }
+
+    def _claim(self, **fields: Any) -> None:
+        self.put(_CLAIM + self.token, {"worker": _worker(), **fields})
+
+    def wait_until_ready(self, *, created: bool = False) -> bool:
         """Block while another worker prepares the study. Returns True when this worker
-        must prepare it (it created the study, or the preparing worker went silent)."""
-        if self.get("ready"):
-            return False
-        if created:
-            return True
-        t0 = time.time()
+        must prepare it: its claim won (see the module docstring). ``created`` is kept
+        for callers; the claims decide, whoever created the study."""
         announced = False
         while True:
             if self.get("ready"):
                 return False
-            beat = self.get("preparing")
-            last = float(beat) if beat is not None else t0  # its creator may not beat yet
-            if time.time() - last > self.grace:
-                log.warning("the worker preparing study %r went silent; taking over", self.fp)
-                return True
+            if not self._claims():
+                now = time.time()
+                self._claim(since=now, beat=now)
+                time.sleep(SETTLE_S)
+                if self.get("ready"):
+                    self._claim(since=now, beat=now, withdrawn=True)
+                    return False
+                claims = self._claims()
+                first = min(claims, key=lambda k: (float(claims[k]["since"]), k), default=None)
+                if first == self.token:
+                    self._since = now
+                    return True
+                self._claim(since=now, beat=now, withdrawn=True)
             if not announced:
                 log.info("waiting for another worker to calibrate and measure the baseline")
                 announced = True
@@ -135,11 +179,14 @@ class StudyState:
 
     @contextmanager
     def preparing(self) -> Iterator[None]:
-        """Beat ``autoquant:preparing`` until the block ends, then mark the study ready."""
+        """Beat this worker's claim until the block ends, then mark the study ready."""
         from autoquant.tuning._coordination import beating
 
+        since = self._since if self._since is not None else time.time()
         with beating(
-            lambda: self.put("preparing", time.time()), self.interval, "autoquant-preparing"
+            lambda: self._claim(since=since, beat=time.time()),
+            self.interval,
+            "autoquant-preparing",
         ):
             yield
         self.put("ready", True)
@@ -160,6 +207,7 @@ class StudyState:
 
         raw = zlib.compress(save(stats.to_tensors()), 6)
         self.put(f"calibration:{self.fp}", base64.b64encode(raw).decode("ascii"))
+        _faults.hit("prepare")
 
     def load_baseline(self) -> Any:
         from autoquant.tuning.result import Metrics

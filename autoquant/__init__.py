@@ -16,6 +16,7 @@ from autoquant.errors import (
     CalibrationError,
     ConfigError,
     PlanError,
+    QuantizationError,
     SerializationError,
     UnsupportedConfigError,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "capability_table",
     "ConfigError",
     "discover",
+    "QuantizationError",
     "GoalNotMetWarning",
     "dynamic_int8",
     "get_backend",

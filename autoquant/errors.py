@@ -15,6 +15,7 @@ __all__ = [
     "UnsupportedConfigError",
     "CalibrationError",
     "SerializationError",
+    "QuantizationError",
 ]
 
 
@@ -40,3 +41,7 @@ class CalibrationError(AutoQuantError, ValueError):
 
 class SerializationError(AutoQuantError, ValueError):
     """A saved model directory is missing, truncated, tampered with or incompatible."""
+
+
+class QuantizationError(AutoQuantError, RuntimeError):
+    """A built model's integer kernel does not compute what its plan's math says."""

@@ -633,7 +633,9 @@ class X86Backend(Backend):
                     f"calibration statistics have no entry {key!r}: they were collected on a "
                     "different model. Calibrate this model again."
                 )
-            obs.qparams = activation_qparams(stats[key], self._tensor_spec(obs, obs_nodes, plan))
+            obs.qparams = activation_qparams(
+                stats[key], self._tensor_spec(prepared, obs, obs_nodes, plan)
+            )
             used_keys.append(key)
         converted = convert_fx(prepared)
         left_float = [f for f in fx_ops if not _is_torch_quantized(converted.get_submodule(f))]
@@ -648,7 +650,9 @@ class X86Backend(Backend):
         return converted
 
     @staticmethod
-    def _tensor_spec(obs: Any, obs_nodes: list[torch.fx.Node], plan: Plan) -> QuantSpec:
+    def _tensor_spec(
+        gm: torch.fx.GraphModule, obs: Any, obs_nodes: list[torch.fx.Node], plan: Plan
+    ) -> QuantSpec:
         """The spec of one quantized tensor: its producer's, with reduce_range when a
         consumer's plan asks for it.
 
@@ -658,8 +662,21 @@ class X86Backend(Backend):
         would otherwise get them whatever its own spec says.
         """
         spec = obs.spec
-        for node in obs_nodes:
+        # Consumers, looking through clamps: a quantized ReLU6 keeps its input's qparams,
+        # so the op after it reads the producer's integers whatever its own observer says.
+        todo, seen = list(obs_nodes), set()
+        while todo:
+            node = todo.pop()
             for user in node.users:
+                if user in seen:
+                    continue
+                seen.add(user)
+                if _is_clamp(gm, user) or (
+                    user.op == "call_module"
+                    and isinstance(gm.get_submodule(str(user.target)), type(obs))
+                ):
+                    todo.append(user)
+                    continue
                 cfg = plan.get(str(user.target)) if user.op == "call_module" else None
                 if cfg is not None and cfg.activation is not None and cfg.activation.reduce_range:
                     return spec.replace(reduce_range=True)

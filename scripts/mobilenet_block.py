@@ -94,9 +94,7 @@ def main() -> None:
                     with torch.no_grad():
                         errs.append(rel_err(q(test), ref))
                 ratio = (
-                    f"{errs[0] / errs[1]:.2f}"
-                    if all(isinstance(e, float) for e in errs)
-                    else "-"
+                    f"{errs[0] / errs[1]:.2f}" if all(isinstance(e, float) for e in errs) else "-"
                 )
                 fmt = [f"{e:.4f}" if isinstance(e, float) else e for e in errs]
                 print(f"| {name} | {obs} | {rr} | {fmt[0]} | {fmt[1]} | {ratio} |")

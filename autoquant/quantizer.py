@@ -122,7 +122,8 @@ def _peek_batch(data: Any) -> tuple[Any, tuple[tuple[Any, ...], dict[str, Any]] 
     else:
         source = data
     try:
-        args, kwargs, _ = next(iter_batches(source, None))
+        # 8 samples are plenty to catch a kernel fault and keep the check cheap.
+        args, kwargs, _ = next(iter_batches(source, 8))
     except (StopIteration, CalibrationError):
         return data, None  # calibration reports malformed or empty data itself
     return data, (args, kwargs)

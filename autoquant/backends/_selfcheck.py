@@ -27,6 +27,17 @@ from autoquant.errors import QuantizationError
 
 __all__ = ["Departure", "kernel_departures", "verify_kernels", "MAX_STEPS"]
 
+# Module classes whose math the check knows (torch.ao's and autoquant's static ops).
+_CHECKED = {
+    "Conv1d",
+    "Conv2d",
+    "Linear",
+    "ConvReLU1d",
+    "ConvReLU2d",
+    "LinearReLU",
+    "StaticConv",
+    "StaticLinear",
+}
 MAX_STEPS = 4  # more than this many output steps away from the math is a kernel fault
 
 
@@ -164,7 +175,10 @@ def kernel_departures(
                     "autoquant.backends._modules",
                 )
             ):
-                handles.append(module.register_forward_hook(hook(fqn)))
+                if type(module).__name__ in _CHECKED:
+                    handles.append(module.register_forward_hook(hook(fqn)))
+        if not handles:
+            return found  # no static integer op: nothing to check, no forward pass
         with torch.no_grad():
             qmodel(*args, **kwargs)
     finally:

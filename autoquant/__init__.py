@@ -18,6 +18,7 @@ from autoquant.errors import AutoQuantError
 from autoquant.errors import CalibrationError as CalibrationError
 from autoquant.errors import ConfigError as ConfigError
 from autoquant.errors import PlanError as PlanError
+from autoquant.errors import QuantizationError as QuantizationError
 from autoquant.errors import SerializationError as SerializationError
 from autoquant.errors import UnsupportedConfigError as UnsupportedConfigError
 

@@ -15,6 +15,7 @@ __all__ = [
     "UnsupportedConfigError",
     "CalibrationError",
     "SerializationError",
+    "QuantizationError",
     "TuningError",
     "GoalNotMetWarning",
 ]
@@ -50,3 +51,7 @@ class TuningError(AutoQuantError, RuntimeError):
 
 class GoalNotMetWarning(UserWarning):
     """No quantized model met the accuracy goal; the result holds the best one found."""
+
+
+class QuantizationError(AutoQuantError, RuntimeError):
+    """A built model's integer kernel does not compute what its plan's math says."""

@@ -26,6 +26,8 @@ def quantize(
     *,
     stats: CalibrationStats | None = None,
     max_samples: int = 100,
+    allow_saturation: bool = False,
+    self_check: bool = True,
 ) -> nn.Module:
     """Return a new model whose planned ops run quantized; ``model`` is never modified.
 
@@ -40,6 +42,14 @@ def quantize(
         stats: statistics from :func:`~autoquant.calibration.calibrate`, reused instead of
             running the calibration data again (the tuner calibrates once per study).
         max_samples: calibration samples used from ``calib_data`` (the usual 100).
+        allow_saturation: keep full-range uint8 activations on ops whose kernel adds
+            product pairs in int16 (``Capability.saturates``, e.g. depthwise Conv2d on
+            x86). By default such ops get ``reduce_range=True`` and a
+            :class:`~autoquant.backends.x86.SaturationWarning` says which.
+        self_check: with ``calib_data`` at hand, run its first batch through the built
+            model and refuse (:class:`~autoquant.errors.QuantizationError`) any integer
+            op whose output departs from the plan's math by more than a few
+            quantization steps (:mod:`autoquant.backends._selfcheck`).
 
     The result carries ``autoquant_info`` (see :func:`quant_info`): which kernel runs each
     op and which ops are simulated.
@@ -57,6 +67,22 @@ def quantize(
         )
     # Reject configs the backend cannot run before calibrating or copying anything.
     be.check(resolved, model)
+    if not allow_saturation:
+        resolved, switched = be.avoid_saturation(resolved, model)
+        if switched:
+            from autoquant.backends.x86 import SaturationWarning
+
+            warnings.warn(
+                f"ops {list(switched)} run on a kernel that adds uint8 x int8 product pairs "
+                "in int16, which full-range uint8 activations overflow: they use "
+                "reduce_range=True. Pass allow_saturation=True to keep the plan as given "
+                "(the build self-check then verifies the kernels on a calibration batch).",
+                SaturationWarning,
+                stacklevel=2,
+            )
+    check_batch = None
+    if calib_data is not None and self_check:
+        calib_data, check_batch = _peek_batch(calib_data)
     needs_stats = any(cfg is not None and cfg.approach == "static" for cfg in resolved.values())
     if needs_stats and stats is None:
         if calib_data is None:
@@ -68,7 +94,39 @@ def quantize(
         from autoquant.calibration import calibrate
 
         stats = calibrate(model, calib_data, backend=be, max_samples=max_samples)
-    return be.build(model, resolved, stats)
+    qmodel = be.build(model, resolved, stats)
+    if check_batch is not None:
+        from autoquant.backends._selfcheck import verify_kernels
+
+        verify_kernels(qmodel, *check_batch)
+    return qmodel
+
+
+def _peek_batch(data: Any) -> tuple[Any, tuple[tuple[Any, ...], dict[str, Any]] | None]:
+    """The first batch of ``data`` for the self-check, and ``data`` still whole.
+
+    A one-shot iterator (a generator) gives its first element up here, so it is chained
+    back in front for calibration.
+    """
+    import itertools
+
+    from autoquant._data import iter_batches
+
+    if iter(data) is data:
+        try:
+            first = next(data)
+        except StopIteration:
+            return iter(()), None
+        data = itertools.chain([first], data)
+        source: Any = [first]
+    else:
+        source = data
+    try:
+        # 8 samples are plenty to catch a kernel fault and keep the check cheap.
+        args, kwargs, _ = next(iter_batches(source, 8))
+    except (StopIteration, CalibrationError):
+        return data, None  # calibration reports malformed or empty data itself
+    return data, (args, kwargs)
 
 
 def quant_info(model: nn.Module) -> QuantizedModelInfo:

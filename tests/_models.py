@@ -115,3 +115,69 @@ def settle_bn(model: nn.Module, example: torch.Tensor, steps: int = 3) -> nn.Mod
         for _ in range(steps):
             model(example)
     return model.eval()
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2's inverted residual (24 -> 144 -> 24, stride 1, residual add).
+
+    ``act`` picks the spelling of the expand conv's ReLU6: ``module`` (nn.ReLU6),
+    ``relu6`` (F.relu6), ``hardtanh`` (F.hardtanh(0, 6)) or ``clamp`` (torch.clamp(0, 6)).
+    """
+
+    def __init__(self, c: int = 24, expand: int = 6, act: str = "module") -> None:
+        super().__init__()
+        h = c * expand
+        self.act = act
+        self.expand = nn.Conv2d(c, h, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(h)
+        self.act1 = nn.ReLU6()
+        self.dw = nn.Conv2d(h, h, 3, padding=1, groups=h, bias=False)
+        self.bn2 = nn.BatchNorm2d(h)
+        self.act2 = nn.ReLU6()
+        self.project = nn.Conv2d(h, c, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(c)
+
+    def expand_act(self, y: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        if self.act == "relu6":
+            return F.relu6(y)
+        if self.act == "hardtanh":
+            return F.hardtanh(y, 0.0, 6.0)
+        if self.act == "clamp":
+            return torch.clamp(y, 0.0, 6.0)
+        return self.act1(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand_act(self.bn1(self.expand(x)))
+        y = self.act2(self.bn2(self.dw(y)))
+        return x + self.bn3(self.project(y))
+
+
+class ConvReLU6Depthwise(nn.Module):
+    """conv-BN-ReLU6 -> depthwise conv: the pair where issue 15's error arose."""
+
+    def __init__(self, c: int = 24, h: int = 144) -> None:
+        super().__init__()
+        self.expand = nn.Conv2d(c, h, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(h)
+        self.act1 = nn.ReLU6()
+        self.dw = nn.Conv2d(h, h, 3, padding=1, groups=h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dw(self.act1(self.bn1(self.expand(x))))
+
+
+def mostly_negative(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics, with the first BN's bias around -3 so that the expand
+    conv's pre-activation range is mostly negative (ReLU6 then drops most of it)."""
+    torch.manual_seed(seed)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for bn in bns:
+            bn.running_mean.normal_(0, 0.1)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(0.0, 1.0)
+        bns[0].bias.normal_(-3.0, 1.0)
+    return model.eval()

@@ -33,6 +33,7 @@ __all__ = [
     "available_backends",
     "capabilities",
     "capability_table",
+    "module_kinds",
 ]
 
 
@@ -72,7 +73,11 @@ class Capability:
     """One way a backend can run some op types.
 
     ``kernel`` names the implementation; ``simulated`` marks fake-quant (float) execution,
-    whose latency must never be reported as quantized speed.
+    whose latency must never be reported as quantized speed. ``saturates`` lists the
+    module kinds (:func:`module_kinds`: ``"depthwise"``, ...) on which this kernel adds
+    uint8 x int8 product pairs in int16, so full-range uint8 activations can overflow
+    (``scripts/kernel_saturation.py`` measures it); such ops get ``reduce_range=True``
+    unless the user asks otherwise, and the tuner never proposes full range for them.
     """
 
     op_types: tuple[str, ...]
@@ -81,6 +86,7 @@ class Capability:
     activation: SpecSupport | None
     kernel: str
     simulated: bool = False
+    saturates: tuple[str, ...] = ()
 
     def mismatch(self, op_type: str, cfg: OpConfig) -> str | None:
         """None when this capability runs ``cfg`` on ``op_type``, else the first reason not."""
@@ -94,6 +100,18 @@ class Capability:
         if self.activation is not None and cfg.activation is not None:
             return self.activation.mismatch("activation", cfg.activation)
         return None
+
+
+def module_kinds(module: nn.Module) -> frozenset[str]:
+    """Shape classes of a module that decide which kernel variant runs it.
+
+    ``depthwise``: a conv with one input channel per group (groups == in_channels > 1);
+    ``grouped``: any other conv with groups > 1; ``dense``: everything else.
+    """
+    groups = getattr(module, "groups", 1)
+    if groups > 1 and groups == getattr(module, "in_channels", 0):
+        return frozenset({"depthwise"})
+    return frozenset({"grouped" if groups > 1 else "dense"})
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,41 @@ class Backend(ABC):
         (e.g. a group size that must divide the input features).
         """
         return None
+
+    def saturation_risk(self, module: nn.Module, cfg: OpConfig, cap: Capability) -> str | None:
+        """Why ``cfg`` can overflow ``cap``'s kernel on this module, or None.
+
+        Full-range uint8 activations on a kernel that sums product pairs in int16 (see
+        ``Capability.saturates``) overflow once two products exceed 32767 together;
+        7-bit activations (``reduce_range=True``) cannot.
+        """
+        act = cfg.activation
+        if cap.simulated or act is None or act.dtype != "uint8" or act.reduce_range:
+            return None
+        kinds = module_kinds(module) & set(cap.saturates)
+        if not kinds:
+            return None
+        return (
+            f"{cap.kernel} adds uint8 x int8 product pairs in int16 for {'/'.join(sorted(kinds))} "
+            "convs: full-range uint8 activations (2 x 255 x 127 > 32767) overflow it. "
+            "Use reduce_range=True on the activation spec."
+        )
+
+    def avoid_saturation(self, plan: Plan, model: nn.Module) -> tuple[Plan, tuple[str, ...]]:
+        """``plan`` with ``reduce_range=True`` on every op whose kernel would saturate,
+        and the names of the ops changed."""
+        from autoquant.plan import Plan
+
+        changed: dict[str, OpConfig] = {}
+        for fqn, cfg in plan.items():
+            if cfg is None or cfg.activation is None:
+                continue
+            cap = self.find(plan.op_types[fqn], cfg)
+            if cap is not None and self.saturation_risk(model.get_submodule(fqn), cfg, cap):
+                changed[fqn] = cfg.replace(activation=cfg.activation.replace(reduce_range=True))
+        if not changed:
+            return plan, ()
+        return Plan({**dict(plan), **changed}, dict(plan.op_types)), tuple(changed)
 
     def check(self, plan: Plan, model: nn.Module | None = None) -> None:
         """Raise UnsupportedConfigError listing every op of ``plan`` this backend cannot run.
@@ -265,14 +318,16 @@ def capability_table(backends: list[str] | None = None) -> str:
         return " ".join(parts)
 
     rows = [
-        "| backend | approach | op types | weight | activation | runs on | kind |",
-        "|---|---|---|---|---|---|---|",
+        "| backend | approach | op types | weight | activation | runs on | kind "
+        "| full-range uint8 overflows on |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in backends or available_backends():
         for cap in get_backend(name).capabilities():
             rows.append(
                 f"| {name} | {cap.approach} | {', '.join(cap.op_types)} | {side(cap.weight)} "
                 f"| {side(cap.activation)} | {cap.kernel} | "
-                f"{'simulated' if cap.simulated else 'real kernel'} |"
+                f"{'simulated' if cap.simulated else 'real kernel'} "
+                f"| {', '.join(cap.saturates) or '-'} |"
             )
     return "\n".join(rows)

@@ -62,14 +62,29 @@ _FX_LABEL = "x86 int8 engine via torch.fx graph ({})"
 _CAPABILITIES = [
     # Real integer kernels first: Backend.find returns the first match.
     Capability(
-        op_types=_LINEAR_CONV,
+        op_types=("Linear", "Conv1d"),
         approach="static",
         weight=SpecSupport(
             dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=_W_OBSERVERS
         ),
         activation=SpecSupport(dtypes=("uint8",), observers=_ACT_OBSERVERS),
         # The x86 engine runs Linear on fbgemm and picks fbgemm or oneDNN for conv.
-        kernel="x86 int8 engine: quantized::linear (fbgemm), quantized::conv (fbgemm/oneDNN)",
+        kernel="x86 int8 engine: quantized::linear (fbgemm), quantized::conv1d (fbgemm/oneDNN)",
+    ),
+    Capability(
+        op_types=("Conv2d",),
+        approach="static",
+        weight=SpecSupport(
+            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=_W_OBSERVERS
+        ),
+        activation=SpecSupport(dtypes=("uint8",), observers=_ACT_OBSERVERS),
+        kernel="x86 int8 engine: quantized::conv2d (fbgemm/oneDNN)",
+        # Measured (scripts/kernel_saturation.py, torch 2.13, AVX512-VNNI CPU): fbgemm's
+        # depthwise kernel (groups == channels > 100 with "same" padding) is off by ~45
+        # output steps at full range and exact at reduce_range; dense and grouped convs,
+        # Conv1d and Linear are exact. Smaller depthwise convs go to oneDNN today, but
+        # that routing is torch's choice, so every depthwise Conv2d is treated alike.
+        saturates=("depthwise",),
     ),
     Capability(
         op_types=("Linear",),
@@ -294,6 +309,51 @@ def _traced(model: nn.Module) -> torch.fx.GraphModule:
             node.op, node.target = "call_function", F.relu
     graph.lint()
     return torch.fx.GraphModule(root, graph, class_name=type(model).__name__)
+
+
+# Ops that clamp their input to a range (ReLU, ReLU6, hardtanh, clamp in every spelling).
+_CLAMP_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_CLAMP_FUNCTIONS = {F.relu, F.relu6, F.hardtanh, torch.clamp, torch.clip}
+_CLAMP_METHODS = {"relu", "clamp", "clip"}
+
+
+def _is_clamp(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(str(node.target)), _CLAMP_MODULES)
+    if node.op == "call_function":
+        return node.target in _CLAMP_FUNCTIONS
+    return node.op == "call_method" and node.target in _CLAMP_METHODS
+
+
+def _after_clamps(
+    prepared: torch.fx.GraphModule, obs_node: torch.fx.Node, act_cls: type
+) -> torch.fx.Node:
+    """The node whose calibrated range an observer's qparams should come from.
+
+    An op's output whose only consumer is a clamp (conv -> ReLU6, as unfused activations
+    are) is quantized with the clamp's output range: values the clamp discards need no
+    integer levels, and with the pre-activation range a mostly negative conv output would
+    leave ReLU6's [0, 6] a small, high slice of the uint8 range. Fused conv-ReLU gets this
+    from the fusion already; this covers every other spelling.
+    """
+    source = obs_node.args[0]
+    assert isinstance(source, torch.fx.Node)
+    node = obs_node
+    while len(node.users) == 1:
+        (user,) = node.users
+        if not _is_clamp(prepared, user):
+            break
+        source = user
+        # The clamp's own output observer (shared or not) is where the chain continues.
+        outs = [
+            u
+            for u in user.users
+            if u.op == "call_module" and isinstance(prepared.get_submodule(str(u.target)), act_cls)
+        ]
+        if len(outs) != 1:
+            break
+        node = outs[0]
+    return source
 
 
 def _add_glue_qconfigs(
@@ -556,21 +616,26 @@ class X86Backend(Backend):
         prepared = prepare_fx(traced, mapping, example_inputs=())
         from autoquant.observers import activation_qparams
 
+        # Ops like pooling, reshapes and ReLU6 share their input's observer instance: one
+        # instance observes several nodes; the producer (first in graph order) is its key.
+        observed: dict[int, list[torch.fx.Node]] = {}
         for node in prepared.graph.nodes:
-            if node.op != "call_module":
-                continue
-            obs = prepared.get_submodule(node.target)
-            # Ops like pooling and reshapes share their input's observer instance; the
-            # producer (first in graph order) decides its qparams.
-            if not isinstance(obs, act_cls) or obs.qparams is not None:
-                continue
-            key = f"node:{node.args[0].name}"
+            if node.op == "call_module" and isinstance(
+                prepared.get_submodule(node.target), act_cls
+            ):
+                observed.setdefault(id(prepared.get_submodule(node.target)), []).append(node)
+        for obs_nodes in observed.values():
+            obs = prepared.get_submodule(obs_nodes[0].target)
+            source = _after_clamps(prepared, obs_nodes[0], act_cls)
+            key = f"node:{source.name}"
             if key not in stats:
                 raise CalibrationError(
                     f"calibration statistics have no entry {key!r}: they were collected on a "
                     "different model. Calibrate this model again."
                 )
-            obs.qparams = activation_qparams(stats[key], obs.spec)
+            obs.qparams = activation_qparams(
+                stats[key], self._tensor_spec(prepared, obs, obs_nodes, plan)
+            )
             used_keys.append(key)
         converted = convert_fx(prepared)
         left_float = [f for f in fx_ops if not _is_torch_quantized(converted.get_submodule(f))]
@@ -583,6 +648,39 @@ class X86Backend(Backend):
         for fqn in fx_ops:
             kernels[fqn] = _FX_LABEL.format(type(converted.get_submodule(fqn)).__name__)
         return converted
+
+    @staticmethod
+    def _tensor_spec(
+        gm: torch.fx.GraphModule, obs: Any, obs_nodes: list[torch.fx.Node], plan: Plan
+    ) -> QuantSpec:
+        """The spec of one quantized tensor: its producer's, with reduce_range when a
+        consumer's plan asks for it.
+
+        A plan's activation spec is the op's *input* spec, but in a graph the tensor
+        between two quantized ops is quantized once, by its producer's observer; a
+        consumer whose kernel must not see full-range inputs (see ``Capability.saturates``)
+        would otherwise get them whatever its own spec says.
+        """
+        spec = obs.spec
+        # Consumers, looking through clamps: a quantized ReLU6 keeps its input's qparams,
+        # so the op after it reads the producer's integers whatever its own observer says.
+        todo, seen = list(obs_nodes), set()
+        while todo:
+            node = todo.pop()
+            for user in node.users:
+                if user in seen:
+                    continue
+                seen.add(user)
+                if _is_clamp(gm, user) or (
+                    user.op == "call_module"
+                    and isinstance(gm.get_submodule(str(user.target)), type(obs))
+                ):
+                    todo.append(user)
+                    continue
+                cfg = plan.get(str(user.target)) if user.op == "call_module" else None
+                if cfg is not None and cfg.activation is not None and cfg.activation.reduce_range:
+                    return spec.replace(reduce_range=True)
+        return spec
 
     # -- one op at a time ---------------------------------------------------------------
     def _replace(

@@ -166,6 +166,7 @@ class Runner:
                 "tune() needs inputs to time the model: pass example_inputs= (or calib_data=)."
             )
         self.stats = None
+        self.check_batch: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.calibration_passes = 0
         self.multi = objective.n_objectives(config) > 1
         self.scored = 0  # trials with full metrics so far
@@ -178,7 +179,11 @@ class Runner:
         """The one calibration pass (only when the space holds static configs)."""
         if self.space.needs_calibration:
             from autoquant.calibration import calibrate
+            from autoquant.quantizer import _peek_batch
 
+            # One batch for the build self-check: a plan whose kernels depart from its
+            # math fails its trial with the self-check's message.
+            self.calib_data, self.check_batch = _peek_batch(self.calib_data)
             self.stats = calibrate(
                 self.model,
                 self.calib_data,
@@ -227,12 +232,17 @@ class Runner:
     def build(self, plan: Any, *, candidate: bool = True) -> nn.Module:
         """A trial candidate (shares float tensors and cached quantized ops, read-only),
         or with ``candidate=False`` an independent model (the result)."""
+        from autoquant.backends._selfcheck import verify_kernels
+
         with warnings.catch_warnings():
             # Each trial would repeat the same build warnings; the first build showed them.
             warnings.simplefilter("ignore")
-            return self.backend.build(
+            built = self.backend.build(
                 self.model, plan, self.stats, reuse=self.reuse if candidate else None
             )
+            if self.check_batch is not None:
+                verify_kernels(built, *self.check_batch)
+        return built
 
     def sensitivity(self) -> dict[str, float]:
         """Relative output error with one unit quantized at its default config."""

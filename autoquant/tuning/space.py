@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autoquant.backends.base import module_kinds
 from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
 from autoquant.errors import ConfigError
 
@@ -140,6 +141,13 @@ def _candidates(
                 found = backend.find(op_type, cfg)
                 if found is None or (found.simulated and not config.include_simulated):
                     continue
+                if backend.saturation_risk(module, cfg, found) and a is not None:
+                    # Never propose full range to a kernel that overflows with it: the
+                    # 7-bit variant stands in for it (the table says which kernels).
+                    cfg = cfg.replace(activation=a.replace(reduce_range=True))
+                    found = backend.find(op_type, cfg)
+                    if found is None or backend.saturation_risk(module, cfg, found):
+                        continue
                 if backend.module_problem(module, cfg, found) is None and cfg not in out:
                     out.append(cfg)
     return out
@@ -190,6 +198,10 @@ class SearchSpace:
             if not per_op[op.fqn]:
                 continue  # nothing runs it: the op stays float and is not searched
             key = op.fqn if config.tie == "op" else op.op_type
+            if config.tie != "op" and "depthwise" in module_kinds(model.get_submodule(op.fqn)):
+                # Depthwise kernels may need other activation specs (Capability.saturates)
+                # than the op type's other ops: they choose together, apart from those.
+                key = f"{op.op_type}/depthwise"
             groups.setdefault(key, []).append(op.fqn)
         units = []
         for name, fqns in groups.items():

@@ -2,7 +2,8 @@
 1 point of float (issue 15: before the fix every prediction of such a network changed).
 
 Needs the data (``bash scripts/setup_fashion_mnist.sh``); skipped with that hint without
-it. The model here is a quick variant (1 epoch on 5,000 images, 1 thread).
+it. The model here is a quick variant (2 epochs on 8,000 images, 1 thread: ~10 s idle,
+~23 s on a busy CPU; 0.826 on the first 2,000 test images).
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ def model() -> torch.nn.Module:
         fashion_mnist.data_dir()
     except fashion_mnist.FashionMNISTNotFoundError as err:
         pytest.skip(str(err))
-    return fmn.trained_model(epochs=1, n_train=5_000, cache=False, threads=1)
+    return fmn.trained_model(epochs=2, n_train=8_000, cache=False, threads=1)
 
 
 def test_static_int8_is_within_one_point_of_float(model) -> None:
     evaluate = fmn.eval_fn(n=2000)
     base = evaluate(model)
-    assert base > 0.6  # it learned something
+    assert base > 0.75  # it learned something
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SaturationWarning)
         int8 = autoquant.quantize(

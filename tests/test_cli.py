@@ -40,17 +40,6 @@ def test_help_is_quick_and_lists_the_groups(tmp_path: Path) -> None:
     assert "autoquant -m tuning.tolerable_loss" in out.stdout
 
 
-@pytest.mark.parametrize(
-    ("override", "expected"),
-    [
-        ("tuning.tolerable_los=0.1", "Did you mean 'tuning.tolerable_loss'?"),
-        ("tuning.max_trials=abc", "could not be converted to Integer"),
-        ("strategy=bogus", "Available options in 'strategy'"),
-        ("bogus.key=1", "Top-level keys: backend, data, launch, model"),
-        ("strategy.name=grid", "TuningConfig.strategy must be one of ['basic'"),
-        ("tuning.latency.min_gain=2", "TuningConfig.min_latency_gain (latency.min_gain)"),
-    ],
-)
 def test_every_tuning_setting_has_one_conf_key_and_the_same_default() -> None:
     # The schema is derived from TuningConfig's sections, so conf/ cannot drift from them:
     # the composed default job is TuningConfig's defaults (plus the digits metric's bound).
@@ -64,14 +53,43 @@ def test_every_tuning_setting_has_one_conf_key_and_the_same_default() -> None:
     assert sorted(CONF_KEYS.values()) == sorted(FLAT)
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["study.worker=2", "storage=sqlite"])
+        cfg = compose("config", overrides=["study.worker=2", "storage=postgresql"])
     config = tuning_config(cfg)
-    assert config.study_name == "digits_cnn-basic" and config.storage.startswith("sqlite:///")
+    assert config.study_name == "digits_cnn-basic" and config.storage.startswith("postgresql://")
     assert config == TuningConfig(
         metric_bounds=1.0, seed=1978 + 2, storage=config.storage, study_name="digits_cnn-basic"
     )
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("strategy.name=grid", "TuningConfig.strategy must be one of ['basic'"),
+        ("tuning.latency.min_gain=2", "TuningConfig.min_latency_gain (latency.min_gain)"),
+    ],
+)
+def test_bad_tuning_values_fail_before_the_model_loads(
+    tmp_path: Path, override: str, expected: str
+) -> None:
+    # Well-typed but not allowed: TuningConfig's sections (and the strategy lookup) refuse
+    # them when the job starts, before torch or the model is loaded.
+    t0 = time.perf_counter()
+    out = _run([override, "tracking=off"], tmp_path)
+    assert out.returncode == 2
+    assert expected in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "loading model" not in out.stderr
+    assert time.perf_counter() - t0 < 10
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("tuning.tolerable_los=0.1", "Did you mean 'tuning.tolerable_loss'?"),
+        ("tuning.max_trials=abc", "could not be converted to Integer"),
+        ("strategy=bogus", "Available options in 'strategy'"),
+        ("bogus.key=1", "Top-level keys: backend, data, launch, model"),
+    ],
+)
 def test_bad_config_fails_fast_with_a_clear_message(
     tmp_path: Path, override: str, expected: str
 ) -> None:

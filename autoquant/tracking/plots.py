@@ -250,9 +250,10 @@ def _own_history(result: TuningResult, path: str) -> str | None:
     if not points:
         return "no evaluated trial"
 
+    from autoquant.tuning import objective
+
     def value(t: TrialRecord) -> float:
-        m = t.metrics
-        return float(m.size_bytes) if result.config.objective == "size" else m.latency_ms
+        return objective.primary(result.config.objective, t.metrics)
 
     fig = _figure(8, 4.8)
     ax = fig.subplots()
@@ -265,13 +266,15 @@ def _own_history(result: TuningResult, path: str) -> str | None:
                 color=_COLORS[state],
                 label="passing" if state == "pass" else "failing (infeasible)",
             )
-    xs, ys, best = [], [], None
+    # The line follows the same choice as the result (latencies within min_gain tie and
+    # the smaller model wins), so it ends at the model the search returned.
+    xs, ys, passing = [], [], []
     for t in sorted(points, key=lambda t: t.number):
-        if t.passed and (best is None or value(t) < best):
-            best = value(t)
-        if best is not None:
+        if t.passed:
+            passing.append(t)
+        if passing:
             xs.append(t.number)
-            ys.append(best)
+            ys.append(value(objective.best(passing, result.config)))
     if xs:
         ax.step(xs, ys, where="post", color="tab:blue", label="best passing so far")
     ax.set_xlabel("trial")

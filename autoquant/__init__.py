@@ -30,7 +30,7 @@ _LAZY = {
     "save": "autoquant.serialize",
     "load": "autoquant.serialize",
     "calibrate": "autoquant.calibration",
-    "CalibrationStats": "autoquant.calibration",
+    "CalibrationStats": "autoquant.stats",
     "TensorStats": "autoquant.stats",
     "discover": "autoquant.discovery",
     "OpInfo": "autoquant.discovery",
@@ -107,7 +107,7 @@ if TYPE_CHECKING:
     from autoquant.backends.base import QuantizedModelInfo as QuantizedModelInfo
     from autoquant.backends.base import capabilities
     from autoquant.backends.base import capability_table as capability_table
-    from autoquant.calibration import CalibrationStats as CalibrationStats
+    from autoquant.stats import CalibrationStats as CalibrationStats
     from autoquant.calibration import calibrate
     from autoquant.discovery import OpInfo as OpInfo
     from autoquant.discovery import discover

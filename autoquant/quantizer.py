@@ -13,7 +13,7 @@ from autoquant.errors import CalibrationError
 from autoquant.plan import Plan, PlanWarning, resolve_plan
 
 if TYPE_CHECKING:
-    from autoquant.calibration import CalibrationStats
+    from autoquant.stats import CalibrationStats
 
 __all__ = ["quantize", "quant_info"]
 

@@ -294,7 +294,7 @@ def _placeholder_stats(meta: dict[str, Any]) -> Any:
 
     Every qparam they lead to is overwritten by the saved state right after.
     """
-    from autoquant.calibration import CalibrationStats
+    from autoquant.stats import CalibrationStats
     from autoquant.stats import TensorStats
 
     keys = meta["stat_keys"]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch.fx
     from torch import nn
 
-    from autoquant.calibration import CalibrationStats
+    from autoquant.stats import CalibrationStats
     from autoquant.plan import Plan
 
 __all__ = [

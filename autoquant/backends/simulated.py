@@ -22,7 +22,7 @@ from autoquant.backends.base import (
 from autoquant.errors import CalibrationError
 
 if TYPE_CHECKING:
-    from autoquant.calibration import CalibrationStats
+    from autoquant.stats import CalibrationStats
     from autoquant.plan import Plan
 
 __all__ = ["SimulatedBackend"]

@@ -48,7 +48,7 @@ from autoquant.errors import CalibrationError, UnsupportedConfigError
 from autoquant.qparams import QParams, quant_range
 
 if TYPE_CHECKING:
-    from autoquant.calibration import CalibrationStats
+    from autoquant.stats import CalibrationStats
     from autoquant.plan import Plan
 
 __all__ = ["X86Backend", "SaturationWarning", "cpu_has_vnni"]

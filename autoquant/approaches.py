@@ -76,9 +76,7 @@ def get_approach(name: str) -> Approach:
     try:
         return _APPROACHES[name]
     except KeyError:
-        raise KeyError(
-            f"unknown approach {name!r} (known: {list(_APPROACHES)})."
-        ) from None
+        raise KeyError(f"unknown approach {name!r} (known: {list(_APPROACHES)}).") from None
 
 
 def approach_names() -> tuple[str, ...]:

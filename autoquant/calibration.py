@@ -25,13 +25,15 @@ import torch.fx
 from torch import Tensor, nn
 
 from autoquant._data import batch_to, iter_batches
-from autoquant.backends.base import Backend, get_backend
+from autoquant.backends.base import Backend
+from autoquant.backends.registry import get_backend
 from autoquant.discovery import iter_quantizable
 from autoquant.errors import CalibrationError
 from autoquant.stats import DEFAULT_BINS, CalibrationStats, TensorStats
 
 # CalibrationStats lives beside TensorStats (autoquant.stats); re-exported for old imports.
 __all__ = ["CalibrationStats", "calibrate"]
+
 
 def calibrate(
     model: nn.Module,

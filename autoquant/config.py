@@ -22,7 +22,7 @@ __all__ = [
     "SCHEMES",
     "GRANULARITIES",
     "OBSERVERS",
-    "APPROACHES",
+    "APPROACHES",  # noqa: F822 - module __getattr__ (the approach registry)
     "QuantSpec",
     "OpConfig",
     "static_int8",

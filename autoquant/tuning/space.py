@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from autoquant.backends.base import module_kinds
 from autoquant.approaches import get_approach
+from autoquant.backends.base import module_kinds
 from autoquant.config import OpConfig, QuantSpec
 from autoquant.errors import ConfigError
 

@@ -30,7 +30,7 @@ _LAZY = {
     "save": "autoquant.serialize",
     "load": "autoquant.serialize",
     "calibrate": "autoquant.calibration",
-    "CalibrationStats": "autoquant.calibration",
+    "CalibrationStats": "autoquant.stats",
     "TensorStats": "autoquant.stats",
     "discover": "autoquant.discovery",
     "OpInfo": "autoquant.discovery",
@@ -43,9 +43,9 @@ _LAZY = {
     "size_bytes": "autoquant.measure",
     "Backend": "autoquant.backends",
     "Capability": "autoquant.backends",
-    "QuantizedModelInfo": "autoquant.backends.base",
-    "capabilities": "autoquant.backends.base",
-    "capability_table": "autoquant.backends.base",
+    "QuantizedModelInfo": "autoquant.backends.capability",
+    "capabilities": "autoquant.backends.registry",
+    "capability_table": "autoquant.backends.registry",
     "get_backend": "autoquant.backends",
     "register_backend": "autoquant.backends",
     "tune": "autoquant.tuning",
@@ -104,10 +104,9 @@ if TYPE_CHECKING:
     from autoquant.backends import Capability as Capability
     from autoquant.backends import get_backend as get_backend
     from autoquant.backends import register_backend as register_backend
-    from autoquant.backends.base import QuantizedModelInfo as QuantizedModelInfo
-    from autoquant.backends.base import capabilities
-    from autoquant.backends.base import capability_table as capability_table
-    from autoquant.calibration import CalibrationStats as CalibrationStats
+    from autoquant.backends.capability import QuantizedModelInfo as QuantizedModelInfo
+    from autoquant.backends.registry import capabilities
+    from autoquant.backends.registry import capability_table as capability_table
     from autoquant.calibration import calibrate
     from autoquant.discovery import OpInfo as OpInfo
     from autoquant.discovery import discover
@@ -118,6 +117,7 @@ if TYPE_CHECKING:
     from autoquant.qparams import QParams as QParams
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save
+    from autoquant.stats import CalibrationStats as CalibrationStats
     from autoquant.stats import TensorStats as TensorStats
     from autoquant.tuning import GoalNotMetWarning, TuningConfig, TuningResult, tune
     from autoquant.tuning import TuningCallback as TuningCallback

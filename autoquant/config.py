@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from autoquant.approaches import approach_names, get_approach, register_approach
 from autoquant.errors import ConfigError
 
 __all__ = [
@@ -21,7 +22,7 @@ __all__ = [
     "SCHEMES",
     "GRANULARITIES",
     "OBSERVERS",
-    "APPROACHES",
+    "APPROACHES",  # noqa: F822 - module __getattr__ (the approach registry)
     "QuantSpec",
     "OpConfig",
     "static_int8",
@@ -39,7 +40,14 @@ DTYPES: dict[str, tuple[int, bool]] = {
 SCHEMES = ("sym", "asym")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl")
-APPROACHES = ("dynamic", "static", "weight_only", "qat")
+
+
+def __getattr__(name: str) -> Any:
+    # APPROACHES is read from the approach registry (autoquant.approaches) when asked for,
+    # so an approach registered later is accepted everywhere the name is checked.
+    if name == "APPROACHES":
+        return approach_names()
+    raise AttributeError(f"module 'autoquant.config' has no attribute {name!r}")
 
 
 def _choice(owner: str, field: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
@@ -159,8 +167,9 @@ class OpConfig:
     Args:
         approach: ``static`` (activation ranges from calibration), ``dynamic`` (activation
             ranges measured at run time), ``weight_only`` (integer weights, float
-            activations) or ``qat`` (quantization-aware training; fake-quant until
-            converted).
+            activations), ``qat`` (quantization-aware training; fake-quant until
+            converted; no backend builds it yet) or any approach registered with
+            :func:`autoquant.approaches.register_approach`.
         weight: spec of the op's weight.
         activation: spec of the op's input activation; must be None for ``weight_only``
             and given for every other approach.
@@ -171,7 +180,8 @@ class OpConfig:
     activation: QuantSpec | None = None
 
     def __post_init__(self) -> None:
-        _choice("OpConfig", "approach", self.approach, APPROACHES)
+        _choice("OpConfig", "approach", self.approach, approach_names())
+        takes_activation = get_approach(self.approach).activations
         # Accept dicts for the nested specs so YAML/Hydra input works directly.
         if isinstance(self.weight, Mapping):
             object.__setattr__(self, "weight", QuantSpec.from_dict(self.weight))
@@ -182,10 +192,10 @@ class OpConfig:
                 f"OpConfig.weight must be a QuantSpec (or a dict of its fields), "
                 f"but got {self.weight!r}."
             )
-        if self.approach == "weight_only":
+        if not takes_activation:
             if self.activation is not None:
                 raise ConfigError(
-                    "OpConfig.activation must be None when approach='weight_only' "
+                    f"OpConfig.activation must be None when approach={self.approach!r} "
                     f"(activations stay float), but got {self.activation!r}."
                 )
         else:
@@ -200,7 +210,7 @@ class OpConfig:
                     "OpConfig.activation.granularity must be 'per_tensor' or 'per_channel', "
                     "but got 'per_group' (groups are a weight-only layout)."
                 )
-        if self.approach != "weight_only" and self.weight.granularity == "per_group":
+        if takes_activation and self.weight.granularity == "per_group":
             raise ConfigError(
                 "OpConfig.weight.granularity='per_group' is only supported with "
                 f"approach='weight_only', but got approach={self.approach!r}."
@@ -307,3 +317,12 @@ def weight_only(
             group_size=group_size,
         ),
     )
+
+
+# The built-in approaches (names in the order error messages list them). Backends say
+# which of them they can build (autoquant.backends.capability); qat has no preset and no
+# kernel yet, so OpConfig accepts it and every backend refuses it by name.
+register_approach("dynamic", preset=dynamic_int8)
+register_approach("static", needs_calibration=True, preset=static_int8)
+register_approach("weight_only", activations=False, preset=weight_only)
+register_approach("qat")

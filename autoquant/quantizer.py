@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from autoquant.backends.base import Backend, QuantizedModelInfo, get_backend
+from autoquant.backends.base import Backend
+from autoquant.backends.capability import QuantizedModelInfo, require_stats, stats_needed_by
+from autoquant.backends.registry import get_backend
 from autoquant.errors import CalibrationError
 from autoquant.plan import Plan, PlanWarning, resolve_plan
 
 if TYPE_CHECKING:
-    from autoquant.calibration import CalibrationStats
+    from autoquant.stats import CalibrationStats
 
 __all__ = ["quantize", "quant_info"]
 
@@ -83,14 +85,9 @@ def quantize(
     check_batch = None
     if calib_data is not None and self_check:
         calib_data, check_batch = _peek_batch(calib_data)
-    needs_stats = any(cfg is not None and cfg.approach == "static" for cfg in resolved.values())
-    if needs_stats and stats is None:
+    if stats_needed_by(resolved) and stats is None:
         if calib_data is None:
-            first = next(f for f, c in resolved.items() if c is not None and c.approach == "static")
-            raise CalibrationError(
-                f"op {first!r} is planned as approach='static', which needs calibration data: "
-                "pass calib_data= (an iterable of model inputs, ~100 samples) or stats=."
-            )
+            require_stats(resolved, stats)
         from autoquant.calibration import calibrate
 
         stats = calibrate(model, calib_data, backend=be, max_samples=max_samples)

@@ -294,8 +294,7 @@ def _placeholder_stats(meta: dict[str, Any]) -> Any:
 
     Every qparam they lead to is overwritten by the saved state right after.
     """
-    from autoquant.calibration import CalibrationStats
-    from autoquant.stats import TensorStats
+    from autoquant.stats import CalibrationStats, TensorStats
 
     keys = meta["stat_keys"]
     if not keys:
@@ -312,7 +311,7 @@ def _placeholder_stats(meta: dict[str, Any]) -> Any:
 
 def _read_meta(src: Path) -> tuple[dict[str, Any], str]:
     import autoquant.backends  # noqa: F401 - registers the built-in backends
-    from autoquant.backends.base import available_backends
+    from autoquant.backends.registry import available_backends
 
     checked = fmt.verify_checksums(src)
     try:
@@ -386,7 +385,7 @@ def load(
     """
     from safetensors.torch import load_file
 
-    from autoquant.backends.base import get_backend
+    from autoquant.backends.registry import get_backend
     from autoquant.plan import Plan, resolve_plan
 
     trust = fmt.normalize_trust(trust_factory)

@@ -12,11 +12,12 @@ the same statistics. :class:`TensorStats` therefore keeps enough to compute the 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["DEFAULT_BINS", "TensorStats"]
+__all__ = ["DEFAULT_BINS", "TensorStats", "CalibrationStats"]
 
 DEFAULT_BINS = 2048
 _FIELDS = ("min", "max", "count", "batch_mins", "batch_maxs", "hist")
@@ -190,3 +191,88 @@ class TensorStats:
             f"TensorStats(count={self.count}, batches={self.n_batches}, "
             f"min={self.min:.6g}, max={self.max:.6g}, bins={self.bins})"
         )
+
+
+_META = "__meta__/"
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics of every observed tensor of one calibration pass.
+
+    Keys are described in :mod:`autoquant.calibration` (which collects them).
+    """
+
+    mode: str
+    stats: dict[str, TensorStats] = field(default_factory=dict)
+    n_samples: int = 0
+    n_batches: int = 0
+    backend: str = ""
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("graph", "module"):
+            raise ValueError(f"`mode` must be 'graph' or 'module', but got {self.mode!r}.")
+
+    def __getitem__(self, key: str) -> TensorStats:
+        try:
+            return self.stats[key]
+        except KeyError:
+            sample = sorted(self.stats)[:8]
+            raise KeyError(
+                f"no calibration statistics for {key!r} ({self.mode} mode, "
+                f"{len(self.stats)} keys, e.g. {sample})."
+            ) from None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.stats
+
+    def __len__(self) -> int:
+        return len(self.stats)
+
+    def keys(self) -> list[str]:
+        return list(self.stats)
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        """Flat ``{name: tensor}`` (safetensors-compatible) for :meth:`from_tensors`."""
+        out: dict[str, Tensor] = {
+            _META + "mode": _encode(self.mode),
+            _META + "backend": _encode(self.backend),
+            _META + "n_samples": torch.tensor(self.n_samples, dtype=torch.int64),
+            _META + "n_batches": torch.tensor(self.n_batches, dtype=torch.int64),
+        }
+        for key, st in self.stats.items():
+            for name, value in st.to_tensors().items():
+                out[f"{key}/{name}"] = value
+        return out
+
+    @classmethod
+    def from_tensors(cls, d: dict[str, Tensor]) -> CalibrationStats:
+        """Inverse of :meth:`to_tensors`."""
+        try:
+            mode = _decode(d[_META + "mode"])
+            backend = _decode(d[_META + "backend"])
+            n_samples = int(d[_META + "n_samples"])
+            n_batches = int(d[_META + "n_batches"])
+        except KeyError as e:
+            raise ValueError(
+                f"calibration tensors must contain {_META}mode/backend/n_samples/n_batches, "
+                f"but {e.args[0]!r} is missing."
+            ) from None
+        grouped: dict[str, dict[str, Tensor]] = {}
+        for name, value in d.items():
+            if name.startswith(_META):
+                continue
+            key, _, fld = name.rpartition("/")
+            grouped.setdefault(key, {})[fld] = value
+        stats = {k: TensorStats.from_tensors(v) for k, v in grouped.items()}
+        return cls(
+            mode=mode, stats=stats, n_samples=n_samples, n_batches=n_batches, backend=backend
+        )
+
+
+def _encode(s: str) -> Tensor:
+    return torch.tensor(list(s.encode("utf-8")), dtype=torch.uint8)
+
+
+def _decode(t: Tensor) -> str:
+    return bytes(t.tolist()).decode("utf-8")

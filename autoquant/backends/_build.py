@@ -12,7 +12,7 @@ from autoquant.errors import CalibrationError
 from autoquant.qparams import QParams, quantize
 
 if TYPE_CHECKING:
-    from autoquant.calibration import CalibrationStats
+    from autoquant.stats import CalibrationStats
 
 __all__ = ["copy_model", "set_submodule", "quantized_weight", "calibrated_qparams", "simulated_op"]
 

@@ -1,26 +1,36 @@
-"""Backend extension point: a capability table plus a builder.
+"""The Backend base class: a named set of capability rows and the build that runs them.
 
-A backend answers two questions: *can* it run a given op config (``capabilities``), and
-*how* does it turn a float model and a resolved plan into a quantized model (``build``).
-Adding a backend is one new module with one ``Backend`` subclass decorated with
-:func:`register_backend`.
+A backend answers two questions: *can* it run a given op config (``capabilities``: its
+rows, :mod:`autoquant.backends.capability`), and *how* does it turn a float model and a
+resolved plan into a quantized model (``build``: each op through its row's builder, and
+the rows with a graph builder through that, once). The extension contract is in
+:mod:`autoquant.backends.capability`; the registry of backends by name in
+:mod:`autoquant.backends.registry`.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+import importlib
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from autoquant.config import OpConfig, QuantSpec
+from autoquant.backends.capability import (
+    BuildReuse,
+    Capability,
+    QuantizedModelInfo,
+    SpecSupport,
+    module_kinds,
+    require_stats,
+    rows,
+)
+from autoquant.config import OpConfig
 from autoquant.errors import UnsupportedConfigError
 
 if TYPE_CHECKING:
     import torch.fx
     from torch import nn
 
-    from autoquant.calibration import CalibrationStats
     from autoquant.plan import Plan
+    from autoquant.stats import CalibrationStats
 
 __all__ = [
     "BuildReuse",
@@ -28,134 +38,21 @@ __all__ = [
     "Capability",
     "QuantizedModelInfo",
     "Backend",
-    "register_backend",
-    "get_backend",
-    "available_backends",
-    "capabilities",
-    "capability_table",
     "module_kinds",
 ]
 
 
-@dataclass(frozen=True, kw_only=True)
-class SpecSupport:
-    """The set of QuantSpec values one side (weight or activation) of a kernel accepts."""
-
-    dtypes: tuple[str, ...]
-    schemes: tuple[str, ...] = ("sym", "asym")
-    granularities: tuple[str, ...] = ("per_tensor",)
-    observers: tuple[str, ...] = ("minmax",)
-    reduce_range: tuple[bool, ...] = (False, True)
-    axes: tuple[int, ...] = (0,)
-    group_sizes: tuple[int, ...] = (32, 64, 128, 256)
-
-    def mismatch(self, side: str, spec: QuantSpec) -> str | None:
-        checks: list[tuple[str, tuple]] = [
-            ("dtype", self.dtypes),
-            ("scheme", self.schemes),
-            ("granularity", self.granularities),
-            ("observer", self.observers),
-            ("reduce_range", self.reduce_range),
-        ]
-        if spec.granularity == "per_channel":
-            checks.append(("axis", self.axes))
-        if spec.granularity == "per_group":
-            checks.append(("group_size", self.group_sizes))
-        for name, allowed in checks:
-            value = getattr(spec, name)
-            if value not in allowed:
-                return f"{side}.{name}={value!r} (allowed: {list(allowed)})"
-        return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class Capability:
-    """One way a backend can run some op types.
-
-    ``kernel`` names the implementation; ``simulated`` marks fake-quant (float) execution,
-    whose latency must never be reported as quantized speed. ``saturates`` lists the
-    module kinds (:func:`module_kinds`: ``"depthwise"``, ...) on which this kernel adds
-    uint8 x int8 product pairs in int16, so full-range uint8 activations can overflow
-    (``scripts/kernel_saturation.py`` measures it); such ops get ``reduce_range=True``
-    unless the user asks otherwise, and the tuner never proposes full range for them.
-    """
-
-    op_types: tuple[str, ...]
-    approach: str
-    weight: SpecSupport
-    activation: SpecSupport | None
-    kernel: str
-    simulated: bool = False
-    saturates: tuple[str, ...] = ()
-
-    def mismatch(self, op_type: str, cfg: OpConfig) -> str | None:
-        """None when this capability runs ``cfg`` on ``op_type``, else the first reason not."""
-        if op_type not in self.op_types:
-            return f"op type {op_type} (allowed: {list(self.op_types)})"
-        if cfg.approach != self.approach:
-            return f"approach={cfg.approach!r} (allowed: {self.approach!r})"
-        reason = self.weight.mismatch("weight", cfg.weight)
-        if reason:
-            return reason
-        if self.activation is not None and cfg.activation is not None:
-            return self.activation.mismatch("activation", cfg.activation)
-        return None
-
-
-def module_kinds(module: nn.Module) -> frozenset[str]:
-    """Shape classes of a module that decide which kernel variant runs it.
-
-    ``depthwise``: a conv with one input channel per group (groups == in_channels > 1);
-    ``grouped``: any other conv with groups > 1; ``dense``: everything else.
-    """
-    groups = getattr(module, "groups", 1)
-    if groups > 1 and groups == getattr(module, "in_channels", 0):
-        return frozenset({"depthwise"})
-    return frozenset({"grouped" if groups > 1 else "dense"})
-
-
-@dataclass(frozen=True)
-class QuantizedModelInfo:
-    """What a built model is: attached to it as ``autoquant_info``.
-
-    ``kernels`` maps each quantized op to the kernel that runs it; ``simulated`` lists
-    the ops executed as fake-quant (their latency is not quantized speed); ``mode`` is
-    ``graph`` (torch.fx: quantize/dequantize only at region borders, fusions applied),
-    ``module`` (each op its own quantized island) or ``eager`` (no static ops);
-    ``stat_keys`` are the calibration statistics the build read.
-    """
-
-    plan: Plan
-    backend: str
-    mode: str
-    kernels: dict[str, str]
-    simulated: tuple[str, ...]
-    stat_keys: tuple[str, ...]
-    notes: tuple[str, ...] = ()
-
-
-@dataclass
-class BuildReuse:
-    """Lets repeated builds of one float model share what does not change between them.
-
-    With it, a build references (does not copy) the float tensors of ops that stay
-    float, and reuses the quantized module built earlier for the same (op, config).
-    Models built this way share tensors with the float model and with each other, so
-    they must be used read-only, one at a time: exactly the tuner's trial candidates.
-    """
-
-    modules: dict[tuple[str, OpConfig], nn.Module] = field(default_factory=dict)
-    hits: int = 0
-
-
-class Backend(ABC):
-    """Base class of quantization backends."""
+class Backend:
+    """Base class of quantization backends: rows by name, the generic build, and hooks
+    a device overrides (``prepare``, ``before_build``, ``graph_target``,
+    ``module_problem``, ``calibration_graph``)."""
 
     name: ClassVar[str]
 
-    @abstractmethod
     def capabilities(self) -> list[Capability]:
-        """Every (op type, approach, spec) combination this backend can run."""
+        """Every (op type, approach, spec) combination this backend can run: the rows
+        registered under its name (real kernels first, then simulated ones)."""
+        return rows(self.name)
 
     def find(self, op_type: str, cfg: OpConfig) -> Capability | None:
         """The first capability (real kernels are listed before simulated ones) for cfg."""
@@ -257,7 +154,18 @@ class Backend(ABC):
         """
         return None
 
-    @abstractmethod
+    # -- building --------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Called first by :meth:`build` (e.g. select the engine the kernels need)."""
+
+    def before_build(self, plan: Plan, caps: dict[str, Capability]) -> None:
+        """Called once the plan is checked and the rows chosen (e.g. to warn); warnings
+        raised here reach the caller of ``quantize`` with ``stacklevel=4``."""
+
+    def graph_target(self, qmodel: nn.Module, fqn: str) -> str:
+        """Where op ``fqn`` sits in a graph-converted model (a fusion may wrap it)."""
+        return fqn
+
     def build(
         self,
         model: nn.Module,
@@ -265,69 +173,94 @@ class Backend(ABC):
         stats: CalibrationStats | None,
         reuse: BuildReuse | None = None,
     ) -> nn.Module:
-        """Return a new quantized model; ``model`` must not be modified (see BuildReuse)."""
+        """Return a new quantized model; ``model`` must not be modified (see BuildReuse).
 
+        Each op runs through the ``build`` of the row :meth:`find` picks for it; the ops
+        whose row has a ``graph_build`` go through that instead, together, when the
+        statistics come from a graph (calibration in graph mode).
+        """
+        from autoquant.backends._build import copy_model, set_submodule
 
-_REGISTRY: dict[str, type[Backend]] = {}
-
-
-def register_backend(cls: type[Backend]) -> type[Backend]:
-    """Class decorator adding a backend under its ``name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def available_backends() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_backend(backend: str | Backend) -> Backend:
-    if isinstance(backend, Backend):
-        return backend
-    # Importing the package registers the built-in backends.
-    import autoquant.backends  # noqa: F401
-
-    try:
-        return _REGISTRY[backend]()
-    except KeyError:
-        raise UnsupportedConfigError(
-            f"backend must be one of {available_backends()}, but got {backend!r}."
-        ) from None
-
-
-def capabilities(backend: str | Backend = "x86") -> list[Capability]:
-    """What ``backend`` can run: one entry per kernel (real ones first, then simulated)."""
-    return get_backend(backend).capabilities()
-
-
-def capability_table(backends: list[str] | None = None) -> str:
-    """The supported feature matrix as a markdown table (the README's is generated here)."""
-
-    def side(s: SpecSupport | None) -> str:
-        if s is None:
-            return "float"
-        parts = [
-            "/".join(s.dtypes),
-            "/".join(s.schemes),
-            "/".join(g.replace("per_", "") for g in s.granularities),
-        ]
-        if "per_group" in s.granularities:
-            parts.append("g" + "/".join(map(str, s.group_sizes)))
-        if s.reduce_range != (False, True):
-            parts.append("reduce_range=" + "/".join(map(str, s.reduce_range)))
-        return " ".join(parts)
-
-    rows = [
-        "| backend | approach | op types | weight | activation | runs on | kind "
-        "| full-range uint8 overflows on |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name in backends or available_backends():
-        for cap in get_backend(name).capabilities():
-            rows.append(
-                f"| {name} | {cap.approach} | {', '.join(cap.op_types)} | {side(cap.weight)} "
-                f"| {side(cap.activation)} | {cap.kernel} | "
-                f"{'simulated' if cap.simulated else 'real kernel'} "
-                f"| {', '.join(cap.saturates) or '-'} |"
+        self.prepare()
+        self.check(plan, model)
+        caps: dict[str, Capability] = {}
+        for fqn, cfg in plan.items():
+            if cfg is not None:
+                cap = self.find(plan.op_types[fqn], cfg)
+                assert cap is not None  # check() passed
+                caps[fqn] = cap
+        require_stats(plan, stats)
+        self.before_build(plan, caps)
+        graph_ops = [f for f, c in caps.items() if c.graph_build is not None]
+        converters = {caps[f].graph_build for f in graph_ops}
+        if len(converters) > 1:
+            raise UnsupportedConfigError(
+                f"backend {self.name!r}: the plan mixes rows with different graph builders "
+                f"({sorted(caps[f].kernel for f in graph_ops)}); one build runs one graph "
+                "conversion."
             )
-    return "\n".join(rows)
+        used_keys: list[str] = []
+        kernels: dict[str, str] = {}
+        notes: list[str] = []
+        if graph_ops and stats is not None and stats.mode == "graph":
+            (convert,) = converters
+            qmodel = convert(model, plan, graph_ops, stats, used_keys, kernels)
+            mode = "graph"
+        else:
+            qmodel = copy_model(model, list(caps), share_float=reuse is not None)
+            mode = "module" if graph_ops else "eager"
+            if graph_ops:
+                notes.append(
+                    "torch.fx cannot trace this model: static ops are quantized module by "
+                    "module (quantize/dequantize around each op, no fusion)."
+                )
+            graph_ops = []
+        for fqn, cap in caps.items():
+            if fqn in graph_ops:
+                continue
+            target, source = fqn, model.get_submodule(fqn)
+            if mode == "graph":
+                target = self.graph_target(qmodel, fqn)
+                if target != fqn:
+                    source = qmodel.get_submodule(target)
+            key = (fqn, plan[fqn])
+            reusable = reuse is not None and target == fqn
+            new = reuse.modules.get(key) if reusable else None
+            if new is not None:
+                reuse.hits += 1
+            else:
+                new = cap.build(source, fqn, plan[fqn], cap, stats)
+                if reusable:
+                    reuse.modules[key] = new
+            used_keys += [f"{side}:{fqn}" for side in cap.reads]
+            set_submodule(qmodel, target, new)
+            kernels[fqn] = cap.kernel
+        qmodel.eval()
+        qmodel.autoquant_info = QuantizedModelInfo(
+            plan=plan,
+            backend=self.name,
+            mode=mode,
+            kernels=kernels,
+            simulated=tuple(f for f, c in caps.items() if c.simulated),
+            stat_keys=tuple(dict.fromkeys(used_keys)),
+            notes=tuple(notes),
+        )
+        return qmodel
+
+
+# Names that moved to autoquant.backends.registry, still importable from here (PEP 562,
+# so this module does not import the registry, which imports it).
+_LAZY = {
+    "register_backend": "autoquant.backends.registry",
+    "get_backend": "autoquant.backends.registry",
+    "available_backends": "autoquant.backends.registry",
+    "capabilities": "autoquant.backends.registry",
+    "capability_table": "autoquant.backends.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -21,157 +21,37 @@ from torch import nn
 
 from autoquant.backends._build import (
     calibrated_qparams,
-    copy_model,
     quantized_weight,
-    set_submodule,
-    simulated_op,
 )
 from autoquant.backends._modules import (
     DynamicLinear,
-    SimulatedOp,
     StaticConv,
     StaticLinear,
     WeightOnlyEmbedding,
     WeightOnlyInt4Linear,
     WeightOnlyInt8Linear,
 )
-from autoquant.backends.base import (
-    Backend,
-    BuildReuse,
-    Capability,
-    QuantizedModelInfo,
-    SpecSupport,
-    register_backend,
+from autoquant.backends.base import Backend
+from autoquant.backends.capability import Capability, SpecSupport, register_capabilities
+from autoquant.backends.fake_quant import (
+    ACT_OBSERVERS,
+    ALL_DTYPES,
+    LINEAR_CONV,
+    SIMULATED_ROWS,
+    W_OBSERVERS,
 )
-from autoquant.config import DTYPES, OpConfig, QuantSpec
+from autoquant.backends.registry import register_backend
+from autoquant.config import OpConfig, QuantSpec
 from autoquant.errors import CalibrationError, UnsupportedConfigError
 from autoquant.qparams import QParams, quant_range
 
 if TYPE_CHECKING:
-    from autoquant.calibration import CalibrationStats
     from autoquant.plan import Plan
+    from autoquant.stats import CalibrationStats
 
 __all__ = ["X86Backend", "SaturationWarning", "cpu_has_vnni"]
 
-_ALL_DTYPES = tuple(DTYPES)
-_ACT_OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl")
-_W_OBSERVERS = ("minmax", "mse", "percentile")
-_LINEAR_CONV = ("Linear", "Conv1d", "Conv2d")
 _FX_LABEL = "x86 int8 engine via torch.fx graph ({})"
-
-_CAPABILITIES = [
-    # Real integer kernels first: Backend.find returns the first match.
-    Capability(
-        op_types=("Linear", "Conv1d"),
-        approach="static",
-        weight=SpecSupport(
-            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=_W_OBSERVERS
-        ),
-        activation=SpecSupport(dtypes=("uint8",), observers=_ACT_OBSERVERS),
-        # The x86 engine runs Linear on fbgemm and picks fbgemm or oneDNN for conv.
-        kernel="x86 int8 engine: quantized::linear (fbgemm), quantized::conv1d (fbgemm/oneDNN)",
-    ),
-    Capability(
-        op_types=("Conv2d",),
-        approach="static",
-        weight=SpecSupport(
-            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=_W_OBSERVERS
-        ),
-        activation=SpecSupport(dtypes=("uint8",), observers=_ACT_OBSERVERS),
-        kernel="x86 int8 engine: quantized::conv2d (fbgemm/oneDNN)",
-        # Measured (scripts/kernel_saturation.py, torch 2.13, AVX512-VNNI CPU): fbgemm's
-        # depthwise kernel (groups == channels > 100 with "same" padding) is off by ~45
-        # output steps at full range and exact at reduce_range; dense and grouped convs,
-        # Conv1d and Linear are exact. Smaller depthwise convs go to oneDNN today, but
-        # that routing is torch's choice, so every depthwise Conv2d is treated alike.
-        saturates=("depthwise",),
-    ),
-    Capability(
-        op_types=("Linear",),
-        approach="dynamic",
-        weight=SpecSupport(
-            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=_W_OBSERVERS
-        ),
-        activation=SpecSupport(dtypes=("uint8",), schemes=("asym",)),
-        kernel=DynamicLinear.kernel,
-    ),
-    Capability(
-        op_types=("LSTM", "GRU"),
-        approach="dynamic",
-        weight=SpecSupport(dtypes=("int8",), observers=_W_OBSERVERS),
-        # torch's quantized RNN cells hard-code reduce_range=True.
-        activation=SpecSupport(dtypes=("uint8",), schemes=("asym",), reduce_range=(True,)),
-        kernel="quantized::quantized_lstm/gru (dynamic int8)",
-    ),
-    Capability(
-        op_types=("Linear",),
-        approach="weight_only",
-        weight=SpecSupport(
-            dtypes=("int8",),
-            schemes=("sym",),
-            granularities=("per_tensor", "per_channel"),
-            observers=_W_OBSERVERS,
-        ),
-        activation=None,
-        kernel=WeightOnlyInt8Linear.kernel,
-    ),
-    Capability(
-        op_types=("Linear",),
-        approach="weight_only",
-        weight=SpecSupport(
-            dtypes=("int4", "uint4"), granularities=("per_group",), observers=_W_OBSERVERS
-        ),
-        activation=None,
-        kernel=WeightOnlyInt4Linear.kernel,
-    ),
-    Capability(
-        op_types=("Embedding",),
-        approach="weight_only",
-        weight=SpecSupport(
-            dtypes=_ALL_DTYPES, granularities=("per_channel",), observers=_W_OBSERVERS
-        ),
-        activation=None,
-        kernel=WeightOnlyEmbedding.kernel,
-    ),
-    # Simulation (fake-quant) for accuracy studies of configs with no x86 kernel.
-    Capability(
-        op_types=_LINEAR_CONV,
-        approach="static",
-        weight=SpecSupport(
-            dtypes=_ALL_DTYPES,
-            granularities=("per_tensor", "per_channel"),
-            observers=_W_OBSERVERS,
-        ),
-        activation=SpecSupport(dtypes=_ALL_DTYPES, observers=_ACT_OBSERVERS),
-        kernel=SimulatedOp.kernel,
-        simulated=True,
-    ),
-    Capability(
-        op_types=_LINEAR_CONV,
-        approach="dynamic",
-        weight=SpecSupport(
-            dtypes=_ALL_DTYPES,
-            granularities=("per_tensor", "per_channel"),
-            observers=_W_OBSERVERS,
-        ),
-        activation=SpecSupport(dtypes=_ALL_DTYPES),
-        kernel=SimulatedOp.kernel,
-        simulated=True,
-    ),
-    Capability(
-        op_types=_LINEAR_CONV,
-        approach="weight_only",
-        weight=SpecSupport(
-            dtypes=_ALL_DTYPES,
-            granularities=("per_tensor", "per_channel", "per_group"),
-            observers=_W_OBSERVERS,
-            group_sizes=(16, 32, 64, 128, 256),
-        ),
-        activation=None,
-        kernel=SimulatedOp.kernel,
-        simulated=True,
-    ),
-]
 
 
 def _torch_qscheme(spec: QuantSpec, per_channel: bool) -> torch.qscheme:
@@ -443,6 +323,251 @@ class SaturationWarning(UserWarning):
     """Full-range int8 activations on a CPU whose int8 kernels can saturate."""
 
 
+# -- static ops through torch.ao's FX rewrite (the graph builder of the static rows) ----
+def _convert_fx(
+    model: nn.Module,
+    plan: Plan,
+    fx_ops: list[str],
+    stats: CalibrationStats,
+    used_keys: list[str],
+    kernels: dict[str, str],
+) -> nn.Module:
+    from torch.ao.quantization import QConfig, QConfigMapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    act_cls, weight_cls = _observer_classes()
+
+    def qconfig(cfg: OpConfig) -> Any:
+        return QConfig(
+            activation=act_cls.with_args(spec=cfg.activation),
+            weight=weight_cls.with_args(spec=cfg.weight),
+        )
+
+    mapping = QConfigMapping().set_global(None)
+    for fqn in fx_ops:
+        mapping.set_module_name(fqn, qconfig(plan[fqn]))
+    traced = _traced(model)
+    _add_glue_qconfigs(mapping, traced, {f: plan[f] for f in fx_ops}, qconfig)
+    prepared = prepare_fx(traced, mapping, example_inputs=())
+    from autoquant.observers import activation_qparams
+
+    # Ops like pooling, reshapes and ReLU6 share their input's observer instance: one
+    # instance observes several nodes; the producer (first in graph order) is its key.
+    observed: dict[int, list[torch.fx.Node]] = {}
+    for node in prepared.graph.nodes:
+        if node.op == "call_module" and isinstance(prepared.get_submodule(node.target), act_cls):
+            observed.setdefault(id(prepared.get_submodule(node.target)), []).append(node)
+    for obs_nodes in observed.values():
+        obs = prepared.get_submodule(obs_nodes[0].target)
+        source = _after_clamps(prepared, obs_nodes[0], act_cls)
+        key = f"node:{source.name}"
+        if key not in stats:
+            raise CalibrationError(
+                f"calibration statistics have no entry {key!r}: they were collected on a "
+                "different model. Calibrate this model again."
+            )
+        obs.qparams = activation_qparams(stats[key], _tensor_spec(prepared, obs, obs_nodes, plan))
+        used_keys.append(key)
+    converted = convert_fx(prepared)
+    left_float = [f for f in fx_ops if not _is_torch_quantized(converted.get_submodule(f))]
+    if left_float:
+        raise UnsupportedConfigError(
+            f"torch's FX convert left {left_float} in float although the plan quantizes "
+            "them statically; this op/config combination has no x86 static kernel. "
+            "Use approach='dynamic' or map these ops to None."
+        )
+    for fqn in fx_ops:
+        kernels[fqn] = _FX_LABEL.format(type(converted.get_submodule(fqn)).__name__)
+    return converted
+
+
+def _tensor_spec(
+    gm: torch.fx.GraphModule, obs: Any, obs_nodes: list[torch.fx.Node], plan: Plan
+) -> QuantSpec:
+    """The spec of one quantized tensor: its producer's, with reduce_range when a
+    consumer's plan asks for it.
+
+    A plan's activation spec is the op's *input* spec, but in a graph the tensor
+    between two quantized ops is quantized once, by its producer's observer; a
+    consumer whose kernel must not see full-range inputs (see ``Capability.saturates``)
+    would otherwise get them whatever its own spec says.
+    """
+    spec = obs.spec
+    # Consumers, looking through clamps: a quantized ReLU6 keeps its input's qparams,
+    # so the op after it reads the producer's integers whatever its own observer says.
+    todo, seen = list(obs_nodes), set()
+    while todo:
+        node = todo.pop()
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if _is_clamp(gm, user) or (
+                user.op == "call_module"
+                and isinstance(gm.get_submodule(str(user.target)), type(obs))
+            ):
+                todo.append(user)
+                continue
+            cfg = plan.get(str(user.target)) if user.op == "call_module" else None
+            if cfg is not None and cfg.activation is not None and cfg.activation.reduce_range:
+                return spec.replace(reduce_range=True)
+    return spec
+
+
+# -- one op at a time: the per-op builders of the rows -----------------------------------
+def _build_static(
+    module: nn.Module, fqn: str, cfg: OpConfig, cap: Capability, stats: CalibrationStats | None
+) -> nn.Module:
+    """Static op of a model torch.fx cannot trace: one quantized island per op."""
+    q, qp = quantized_weight(module.weight, cfg)
+    in_qp = calibrated_qparams(stats, f"in:{fqn}", cfg, fqn)
+    out_qp = calibrated_qparams(stats, f"out:{fqn}", cfg, fqn)
+    if isinstance(module, nn.Linear):
+        return StaticLinear(module, q, qp, in_qp, out_qp)
+    return StaticConv(module, q, qp, in_qp, out_qp)
+
+
+def _build_dynamic_linear(
+    module: nn.Module, fqn: str, cfg: OpConfig, cap: Capability, stats: CalibrationStats | None
+) -> nn.Module:
+    q, qp = quantized_weight(module.weight, cfg)
+    assert cfg.activation is not None
+    return DynamicLinear(module, q, qp, reduce_range=cfg.activation.reduce_range)
+
+
+def _build_dynamic_rnn(
+    module: nn.Module, fqn: str, cfg: OpConfig, cap: Capability, stats: CalibrationStats | None
+) -> nn.Module:
+    from torch.ao.nn.quantized import dynamic as nnqd
+    from torch.ao.quantization import PlaceholderObserver, QConfig
+
+    _, weight_cls = _observer_classes()
+    float_copy = copy.deepcopy(module)
+    float_copy.qconfig = QConfig(
+        activation=PlaceholderObserver.with_args(dtype=torch.quint8, is_dynamic=True),
+        weight=weight_cls.with_args(spec=cfg.weight),
+    )
+    cls = nnqd.LSTM if isinstance(module, nn.LSTM) else nnqd.GRU
+    return cls.from_float(float_copy)
+
+
+def _build_weight_only_int8(
+    module: nn.Module, fqn: str, cfg: OpConfig, cap: Capability, stats: CalibrationStats | None
+) -> nn.Module:
+    q, qp = quantized_weight(module.weight, cfg)
+    if qp.axis is None:  # the kernel takes one scale per output row
+        qp = QParams(
+            scale=qp.scale.expand(module.out_features).clone(),
+            zero_point=qp.zero_point.expand(module.out_features).clone(),
+            qmin=qp.qmin,
+            qmax=qp.qmax,
+            dtype=qp.dtype,
+            axis=0,
+        )
+    return WeightOnlyInt8Linear(module, q, qp)
+
+
+def _build_weight_only_int4(
+    module: nn.Module, fqn: str, cfg: OpConfig, cap: Capability, stats: CalibrationStats | None
+) -> nn.Module:
+    return WeightOnlyInt4Linear(module, *quantized_weight(module.weight, cfg))
+
+
+def _build_embedding(
+    module: nn.Module, fqn: str, cfg: OpConfig, cap: Capability, stats: CalibrationStats | None
+) -> nn.Module:
+    return WeightOnlyEmbedding(module, *quantized_weight(module.weight, cfg))
+
+
+# The real integer kernels, in the order Backend.find tries them; the shared simulated
+# rows (autoquant.backends.fake_quant) follow as the fallback.
+_ROWS = [
+    Capability(
+        op_types=("Linear", "Conv1d"),
+        approach="static",
+        weight=SpecSupport(
+            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=W_OBSERVERS
+        ),
+        activation=SpecSupport(dtypes=("uint8",), observers=ACT_OBSERVERS),
+        # The x86 engine runs Linear on fbgemm and picks fbgemm or oneDNN for conv.
+        kernel="x86 int8 engine: quantized::linear (fbgemm), quantized::conv1d (fbgemm/oneDNN)",
+        build=_build_static,
+        graph_build=_convert_fx,
+        reads=("in", "out"),
+    ),
+    Capability(
+        op_types=("Conv2d",),
+        approach="static",
+        weight=SpecSupport(
+            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=W_OBSERVERS
+        ),
+        activation=SpecSupport(dtypes=("uint8",), observers=ACT_OBSERVERS),
+        kernel="x86 int8 engine: quantized::conv2d (fbgemm/oneDNN)",
+        build=_build_static,
+        graph_build=_convert_fx,
+        reads=("in", "out"),
+        # Measured (scripts/kernel_saturation.py, torch 2.13, AVX512-VNNI CPU): fbgemm's
+        # depthwise kernel (groups == channels > 100 with "same" padding) is off by ~45
+        # output steps at full range and exact at reduce_range; dense and grouped convs,
+        # Conv1d and Linear are exact. Smaller depthwise convs go to oneDNN today, but
+        # that routing is torch's choice, so every depthwise Conv2d is treated alike.
+        saturates=("depthwise",),
+    ),
+    Capability(
+        op_types=("Linear",),
+        approach="dynamic",
+        weight=SpecSupport(
+            dtypes=("int8",), granularities=("per_tensor", "per_channel"), observers=W_OBSERVERS
+        ),
+        activation=SpecSupport(dtypes=("uint8",), schemes=("asym",)),
+        kernel=DynamicLinear.kernel,
+        build=_build_dynamic_linear,
+    ),
+    Capability(
+        op_types=("LSTM", "GRU"),
+        approach="dynamic",
+        weight=SpecSupport(dtypes=("int8",), observers=W_OBSERVERS),
+        # torch's quantized RNN cells hard-code reduce_range=True.
+        activation=SpecSupport(dtypes=("uint8",), schemes=("asym",), reduce_range=(True,)),
+        kernel="quantized::quantized_lstm/gru (dynamic int8)",
+        build=_build_dynamic_rnn,
+    ),
+    Capability(
+        op_types=("Linear",),
+        approach="weight_only",
+        weight=SpecSupport(
+            dtypes=("int8",),
+            schemes=("sym",),
+            granularities=("per_tensor", "per_channel"),
+            observers=W_OBSERVERS,
+        ),
+        activation=None,
+        kernel=WeightOnlyInt8Linear.kernel,
+        build=_build_weight_only_int8,
+    ),
+    Capability(
+        op_types=("Linear",),
+        approach="weight_only",
+        weight=SpecSupport(
+            dtypes=("int4", "uint4"), granularities=("per_group",), observers=W_OBSERVERS
+        ),
+        activation=None,
+        kernel=WeightOnlyInt4Linear.kernel,
+        build=_build_weight_only_int4,
+    ),
+    Capability(
+        op_types=("Embedding",),
+        approach="weight_only",
+        weight=SpecSupport(
+            dtypes=ALL_DTYPES, granularities=("per_channel",), observers=W_OBSERVERS
+        ),
+        activation=None,
+        kernel=WeightOnlyEmbedding.kernel,
+        build=_build_embedding,
+    ),
+]
+
+
 @register_backend
 class X86Backend(Backend):
     """fbgemm/oneDNN int8 kernels (the ``x86`` quantized engine) plus CPU weight-only kernels."""
@@ -450,8 +575,8 @@ class X86Backend(Backend):
     name = "x86"
     engine = "x86"
 
-    def capabilities(self) -> list[Capability]:
-        return list(_CAPABILITIES)
+    def prepare(self) -> None:
+        self._require_engine()
 
     def _require_engine(self) -> None:
         engines = torch.backends.quantized.supported_engines
@@ -498,35 +623,14 @@ class X86Backend(Backend):
         except Exception:  # noqa: BLE001 - any tracing failure means "use module mode"
             return None
 
-    def build(
-        self,
-        model: nn.Module,
-        plan: Plan,
-        stats: CalibrationStats | None,
-        reuse: BuildReuse | None = None,
-    ) -> nn.Module:
-        self._require_engine()
-        self.check(plan, model)
-        caps: dict[str, Capability] = {}
-        for fqn, cfg in plan.items():
-            if cfg is not None:
-                cap = self.find(plan.op_types[fqn], cfg)
-                assert cap is not None  # check() passed
-                caps[fqn] = cap
-        if stats is None and any(plan[f].approach == "static" for f in caps):
-            first = next(f for f in caps if plan[f].approach == "static")
-            raise CalibrationError(
-                f"op {first!r} uses approach='static', which needs calibration data: pass "
-                "calib_data= (an iterable of model inputs, ~100 samples) to quantize()."
-            )
-        fx_ops = [f for f, c in caps.items() if c.approach == "static" and not c.simulated]
+    def before_build(self, plan: Plan, caps: dict[str, Capability]) -> None:
         at_risk = [
             f
             for f, c in caps.items()
             if not c.simulated
             and c.activation is not None
             and not plan[f].activation.reduce_range
-            and plan.op_types[f] in _LINEAR_CONV
+            and plan.op_types[f] in LINEAR_CONV
         ]
         if at_risk and not cpu_has_vnni():
             warnings.warn(
@@ -535,201 +639,14 @@ class X86Backend(Backend):
                 f"{' ...' if len(at_risk) > 5 else ''}. Set reduce_range=True on their "
                 "activation spec (or let the tuner search it).",
                 SaturationWarning,
-                stacklevel=3,
-            )
-        used_keys: list[str] = []
-        kernels: dict[str, str] = {}
-        notes: list[str] = []
-        if fx_ops and stats is not None and stats.mode == "graph":
-            qmodel = self._convert_fx(model, plan, fx_ops, stats, used_keys, kernels)
-            mode = "graph"
-        else:
-            qmodel = copy_model(model, list(caps), share_float=reuse is not None)
-            mode = "module" if fx_ops else "eager"
-            if fx_ops:
-                notes.append(
-                    "torch.fx cannot trace this model: static ops are quantized module by "
-                    "module (quantize/dequantize around each op, no fusion)."
-                )
-            fx_ops = []
-        for fqn, cap in caps.items():
-            if fqn in fx_ops:
-                continue
-            target, source = fqn, model.get_submodule(fqn)
-            if mode == "graph" and _is_fused_float(qmodel.get_submodule(fqn)):
-                # torch.fx fused it with its ReLU (and folded BN): swap the op inside.
-                target = f"{fqn}.0"
-                source = qmodel.get_submodule(target)
-            key = (fqn, plan[fqn])
-            reusable = reuse is not None and target == fqn
-            new = reuse.modules.get(key) if reusable else None
-            if new is not None:
-                reuse.hits += 1
-            else:
-                new = self._replace(source, fqn, plan[fqn], cap, stats)
-                if reusable:
-                    reuse.modules[key] = new
-            if cap.simulated and cap.approach == "static":
-                used_keys.append(f"in:{fqn}")
-            elif cap.approach == "static":
-                used_keys += [f"in:{fqn}", f"out:{fqn}"]
-            set_submodule(qmodel, target, new)
-            kernels[fqn] = cap.kernel
-        qmodel.eval()
-        qmodel.autoquant_info = QuantizedModelInfo(
-            plan=plan,
-            backend=self.name,
-            mode=mode,
-            kernels=kernels,
-            simulated=tuple(f for f, c in caps.items() if c.simulated),
-            stat_keys=tuple(dict.fromkeys(used_keys)),
-            notes=tuple(notes),
-        )
-        return qmodel
-
-    # -- static ops through torch.ao's FX rewrite -------------------------------------
-    def _convert_fx(
-        self,
-        model: nn.Module,
-        plan: Plan,
-        fx_ops: list[str],
-        stats: CalibrationStats,
-        used_keys: list[str],
-        kernels: dict[str, str],
-    ) -> nn.Module:
-        from torch.ao.quantization import QConfig, QConfigMapping
-        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-        act_cls, weight_cls = _observer_classes()
-
-        def qconfig(cfg: OpConfig) -> Any:
-            return QConfig(
-                activation=act_cls.with_args(spec=cfg.activation),
-                weight=weight_cls.with_args(spec=cfg.weight),
+                stacklevel=4,
             )
 
-        mapping = QConfigMapping().set_global(None)
-        for fqn in fx_ops:
-            mapping.set_module_name(fqn, qconfig(plan[fqn]))
-        traced = _traced(model)
-        _add_glue_qconfigs(mapping, traced, {f: plan[f] for f in fx_ops}, qconfig)
-        prepared = prepare_fx(traced, mapping, example_inputs=())
-        from autoquant.observers import activation_qparams
+    def graph_target(self, qmodel: nn.Module, fqn: str) -> str:
+        if _is_fused_float(qmodel.get_submodule(fqn)):
+            # torch.fx fused it with its ReLU (and folded BN): swap the op inside.
+            return f"{fqn}.0"
+        return fqn
 
-        # Ops like pooling, reshapes and ReLU6 share their input's observer instance: one
-        # instance observes several nodes; the producer (first in graph order) is its key.
-        observed: dict[int, list[torch.fx.Node]] = {}
-        for node in prepared.graph.nodes:
-            if node.op == "call_module" and isinstance(
-                prepared.get_submodule(node.target), act_cls
-            ):
-                observed.setdefault(id(prepared.get_submodule(node.target)), []).append(node)
-        for obs_nodes in observed.values():
-            obs = prepared.get_submodule(obs_nodes[0].target)
-            source = _after_clamps(prepared, obs_nodes[0], act_cls)
-            key = f"node:{source.name}"
-            if key not in stats:
-                raise CalibrationError(
-                    f"calibration statistics have no entry {key!r}: they were collected on a "
-                    "different model. Calibrate this model again."
-                )
-            obs.qparams = activation_qparams(
-                stats[key], self._tensor_spec(prepared, obs, obs_nodes, plan)
-            )
-            used_keys.append(key)
-        converted = convert_fx(prepared)
-        left_float = [f for f in fx_ops if not _is_torch_quantized(converted.get_submodule(f))]
-        if left_float:
-            raise UnsupportedConfigError(
-                f"torch's FX convert left {left_float} in float although the plan quantizes "
-                "them statically; this op/config combination has no x86 static kernel. "
-                "Use approach='dynamic' or map these ops to None."
-            )
-        for fqn in fx_ops:
-            kernels[fqn] = _FX_LABEL.format(type(converted.get_submodule(fqn)).__name__)
-        return converted
 
-    @staticmethod
-    def _tensor_spec(
-        gm: torch.fx.GraphModule, obs: Any, obs_nodes: list[torch.fx.Node], plan: Plan
-    ) -> QuantSpec:
-        """The spec of one quantized tensor: its producer's, with reduce_range when a
-        consumer's plan asks for it.
-
-        A plan's activation spec is the op's *input* spec, but in a graph the tensor
-        between two quantized ops is quantized once, by its producer's observer; a
-        consumer whose kernel must not see full-range inputs (see ``Capability.saturates``)
-        would otherwise get them whatever its own spec says.
-        """
-        spec = obs.spec
-        # Consumers, looking through clamps: a quantized ReLU6 keeps its input's qparams,
-        # so the op after it reads the producer's integers whatever its own observer says.
-        todo, seen = list(obs_nodes), set()
-        while todo:
-            node = todo.pop()
-            for user in node.users:
-                if user in seen:
-                    continue
-                seen.add(user)
-                if _is_clamp(gm, user) or (
-                    user.op == "call_module"
-                    and isinstance(gm.get_submodule(str(user.target)), type(obs))
-                ):
-                    todo.append(user)
-                    continue
-                cfg = plan.get(str(user.target)) if user.op == "call_module" else None
-                if cfg is not None and cfg.activation is not None and cfg.activation.reduce_range:
-                    return spec.replace(reduce_range=True)
-        return spec
-
-    # -- one op at a time ---------------------------------------------------------------
-    def _replace(
-        self,
-        module: nn.Module,
-        fqn: str,
-        cfg: OpConfig,
-        cap: Capability,
-        stats: CalibrationStats | None,
-    ) -> nn.Module:
-        if cap.simulated:
-            return simulated_op(module, cfg, fqn, stats)
-        if isinstance(module, (nn.LSTM, nn.GRU)):
-            return self._dynamic_rnn(module, cfg)
-        if isinstance(module, nn.Embedding):
-            return WeightOnlyEmbedding(module, *quantized_weight(module.weight, cfg))
-        q, qp = quantized_weight(module.weight, cfg)
-        if cfg.approach == "dynamic":
-            assert cfg.activation is not None
-            return DynamicLinear(module, q, qp, reduce_range=cfg.activation.reduce_range)
-        if cfg.approach == "weight_only":
-            if cfg.weight.granularity == "per_group":
-                return WeightOnlyInt4Linear(module, q, qp)
-            if qp.axis is None:  # the kernel takes one scale per output row
-                qp = QParams(
-                    scale=qp.scale.expand(module.out_features).clone(),
-                    zero_point=qp.zero_point.expand(module.out_features).clone(),
-                    qmin=qp.qmin,
-                    qmax=qp.qmax,
-                    dtype=qp.dtype,
-                    axis=0,
-                )
-            return WeightOnlyInt8Linear(module, q, qp)
-        # static, model not traceable: one quantized island per op
-        in_qp = calibrated_qparams(stats, f"in:{fqn}", cfg, fqn)
-        out_qp = calibrated_qparams(stats, f"out:{fqn}", cfg, fqn)
-        if isinstance(module, nn.Linear):
-            return StaticLinear(module, q, qp, in_qp, out_qp)
-        return StaticConv(module, q, qp, in_qp, out_qp)
-
-    def _dynamic_rnn(self, module: nn.Module, cfg: OpConfig) -> nn.Module:
-        from torch.ao.nn.quantized import dynamic as nnqd
-        from torch.ao.quantization import PlaceholderObserver, QConfig
-
-        _, weight_cls = _observer_classes()
-        float_copy = copy.deepcopy(module)
-        float_copy.qconfig = QConfig(
-            activation=PlaceholderObserver.with_args(dtype=torch.quint8, is_dynamic=True),
-            weight=weight_cls.with_args(spec=cfg.weight),
-        )
-        cls = nnqd.LSTM if isinstance(module, nn.LSTM) else nnqd.GRU
-        return cls.from_float(float_copy)
+register_capabilities(X86Backend.name, [*_ROWS, *SIMULATED_ROWS])

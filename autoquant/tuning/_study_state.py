@@ -198,7 +198,7 @@ class StudyState:
             return None
         from safetensors.torch import load
 
-        from autoquant.calibration import CalibrationStats
+        from autoquant.stats import CalibrationStats
 
         return CalibrationStats.from_tensors(load(zlib.decompress(base64.b64decode(blob))))
 

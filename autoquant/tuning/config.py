@@ -31,7 +31,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from autoquant.config import APPROACHES, OBSERVERS
+from autoquant.approaches import tunable_approaches
+from autoquant.config import OBSERVERS
 from autoquant.errors import ConfigError
 
 __all__ = [
@@ -50,9 +51,6 @@ SEARCH_DIMENSIONS = ("approach", "dtype", "scheme", "granularity", "observer", "
 OBJECTIVES = ("latency", "size", "latency+size")
 _CRITERIA = ("relative", "absolute")
 _TIES = ("op", "op_type")
-# Fix: "qat" is in autoquant.config.APPROACHES but has no preset in the search space (and
-# no backend runs it); TuningConfig accepted it and tune() then failed with KeyError 'qat'.
-_TUNABLE_APPROACHES = tuple(a for a in APPROACHES if a != "qat")
 
 
 def _is_number(value: Any) -> bool:
@@ -193,13 +191,16 @@ class SpaceConfig:
                 self.search,
                 f"a subset of {list(SEARCH_DIMENSIONS)} ({bad} unknown)",
             )
-        bad = [a for a in self.approaches if a not in _TUNABLE_APPROACHES]
+        # Only approaches with a search-space preset (autoquant.approaches): "qat" is a
+        # known name without one, so it is refused here, not with a KeyError in tune().
+        tunable = tunable_approaches()
+        bad = [a for a in self.approaches if a not in tunable]
         if bad or not self.approaches:
             raise _fail(
                 "space",
                 "approaches",
                 self.approaches,
-                f"a non-empty subset of {list(_TUNABLE_APPROACHES)}",
+                f"a non-empty subset of {list(tunable)}",
             )
         bad = [o for o in self.observers if o not in OBSERVERS]
         if bad or not self.observers:

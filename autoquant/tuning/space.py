@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from autoquant.approaches import get_approach
 from autoquant.backends.base import module_kinds
-from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
+from autoquant.config import OpConfig, QuantSpec
 from autoquant.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["FP32", "SearchSpace"]
 
 FP32 = "fp32"
-_PRESETS = {"static": static_int8, "dynamic": dynamic_int8, "weight_only": weight_only}
 
 
 def _fit(spec: QuantSpec, support: SpecSupport) -> QuantSpec | None:
@@ -90,7 +90,9 @@ def _candidates(
     """Configs ``backend`` can run on this module, default first."""
     out: list[OpConfig] = []
     search = set(config.search)
-    approaches = [a for a in config.approaches if calibrated or a != "static"]
+    approaches = [
+        a for a in config.approaches if calibrated or not get_approach(a).needs_calibration
+    ]
     if "approach" not in search:
         approaches = approaches[:1]
     for approach in approaches:
@@ -101,7 +103,7 @@ def _candidates(
             and c.approach == approach
             and (config.include_simulated or not c.simulated)
         ]
-        preset = _PRESETS[approach]()
+        preset = get_approach(approach).preset()
         for cap in caps:
             weight = _fit(preset.weight, cap.weight)
             if weight is None:
@@ -124,7 +126,7 @@ def _candidates(
                 a_dims: dict[str, tuple[Any, ...]] = {}
                 if "scheme" in search:
                     a_dims["scheme"] = cap.activation.schemes
-                if "observer" in search and approach == "static":
+                if "observer" in search and get_approach(approach).needs_calibration:
                     a_dims["observer"] = tuple(
                         o for o in config.observers if o in cap.activation.observers
                     )
@@ -243,7 +245,9 @@ class SearchSpace:
     @property
     def needs_calibration(self) -> bool:
         return any(
-            c is not None and c.approach == "static" for u in self.units.values() for c in u.configs
+            c is not None and get_approach(c.approach).needs_calibration
+            for u in self.units.values()
+            for c in u.configs
         )
 
     def distributions(self) -> dict[str, optuna.distributions.CategoricalDistribution]:

@@ -34,7 +34,7 @@ def test_from_batch_inverts_iter_batches() -> None:
     x, y = torch.randn(4, 3), torch.arange(4)
     model = TwoInputs()
     for batch in ([x], [(x, y)], [{"a": x}], [((x, x), y)]):
-        (args, kwargs, _), = iter_batches(batch)
+        ((args, kwargs, _),) = iter_batches(batch)
         inputs = from_batch(args, kwargs)
         assert torch.equal(call_model(model, inputs)["out"], model(*args, **kwargs)["out"])
     assert from_batch((x,), {}) is x

@@ -150,11 +150,16 @@ def test_default_job_end_to_end(tmp_path: Path) -> None:
     ]
     assert [p.info.run_id for p in parents] == [summary["mlflow_run_id"]]
     assert len(children) == summary["n_trials"]
-    # The saved model reloads from its directory alone (the model factory is recorded).
+    # The saved model reloads from its directory alone: the model factory is recorded,
+    # and the caller, who ran this study, trusts exactly that factory.
     import autoquant
     from autoquant.examples.digits import load_data
 
-    loaded = autoquant.load(summary["model_path"])
+    assert summary["model_factory"] == "autoquant.examples.digits:trained_model"
+    assert f"trust_factory={summary['model_factory']!r}" in out.stdout
+    with pytest.raises(autoquant.SerializationError, match="trust_factory"):
+        autoquant.load(summary["model_path"])
+    loaded = autoquant.load(summary["model_path"], trust_factory=summary["model_factory"])
     x = load_data()["x_test"]
     with torch.inference_mode():
         acc = float((loaded(x).argmax(1) == load_data()["y_test"]).float().mean())
@@ -167,7 +172,7 @@ def test_default_job_end_to_end(tmp_path: Path) -> None:
     so_far = json.loads((run_dir / "best_so_far" / "best.json").read_text())
     assert so_far["trial"] == summary["best_trial"]
     assert so_far["plan_hash"] == summary["best_plan_hash"]
-    early = autoquant.load(run_dir / "best_so_far" / "model")
+    early = autoquant.load(run_dir / "best_so_far" / "model", trust_factory="autoquant.examples")
     with torch.inference_mode():
         assert torch.equal(early(x), loaded(x))
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
+
+from autoquant.examples._cache import cache_dir, cached_training
 
 __all__ = [
     "DigitsCNN",
@@ -71,22 +71,15 @@ def load_data() -> dict[str, torch.Tensor]:
     }
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("AUTOQUANT_CACHE") or Path.home() / ".cache" / "autoquant"
-    return Path(root)
-
-
 def trained_model(*, epochs: int = 25, cache: bool = True) -> DigitsCNN:
     """The trained float model; trained once (a few seconds) and cached as safetensors."""
-    from safetensors.torch import load_file, save_file
-
-    model = DigitsCNN()
     # The architecture is part of the name, so a changed model never loads stale weights.
-    arch = hashlib.sha256(repr(model).encode()).hexdigest()[:8]
-    path = _cache_dir() / f"digits_cnn_{arch}_e{epochs}_s{_SEED}.safetensors"
-    if cache and path.exists():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
+    arch = hashlib.sha256(repr(DigitsCNN()).encode()).hexdigest()[:8]
+    path = cache_dir() / f"digits_cnn_{arch}_e{epochs}_s{_SEED}.safetensors"
+    return cached_training(path, DigitsCNN, lambda: _train(epochs), cache=cache)
+
+
+def _train(epochs: int) -> DigitsCNN:
     data = load_data()
     torch.manual_seed(_SEED)
     model = DigitsCNN()
@@ -99,14 +92,7 @@ def trained_model(*, epochs: int = 25, cache: bool = True) -> DigitsCNN:
             opt.zero_grad()
             nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
             opt.step()
-    model.eval()
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: a concurrent reader never sees a half-written file.
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        os.replace(tmp, path)
-    return model
+    return model.eval()
 
 
 @torch.inference_mode()

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoquant.examples._cache import cache_dir, cached_training
+
 __all__ = [
     "CLASSES",
     "FashionMNISTNotFoundError",
@@ -234,14 +236,9 @@ class FashionCNN(nn.Module):
         return self.fc2(x)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("AUTOQUANT_CACHE") or Path.home() / ".cache" / "autoquant"
-    return Path(root)
-
-
 def _cache_path(epochs: int, n_train: int | None) -> Path:
     n_name = "all" if n_train is None else str(n_train)
-    return _cache_dir() / f"fashion_cnn_e{epochs}_n{n_name}_s{_SEED}.safetensors"
+    return cache_dir() / f"fashion_cnn_e{epochs}_n{n_name}_s{_SEED}.safetensors"
 
 
 def trained_model(
@@ -261,24 +258,13 @@ def trained_model(
     can be 5-20x slower than idle (the OpenMP team waits for a descheduled thread), while
     1 thread only slows down in proportion; the tests train with ``threads=1``.
     """
-    from safetensors.torch import load_file, save_file
-
-    path = _cache_path(epochs, n_train)
-    model = FashionCNN()
-    if cache and path.exists():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
-    prev_threads = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        model = _train(load_data(n_train), epochs)
-    finally:
-        torch.set_num_threads(prev_threads)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return model
+    return cached_training(
+        _cache_path(epochs, n_train),
+        FashionCNN,
+        lambda: _train(load_data(n_train), epochs),
+        cache=cache,
+        threads=threads,
+    )
 
 
 def _train(data: dict[str, torch.Tensor], epochs: int) -> FashionCNN:

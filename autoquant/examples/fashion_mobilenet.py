@@ -14,7 +14,6 @@ Data, calibration and evaluation are those of :mod:`autoquant.examples.fashion_m
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import warnings
 from pathlib import Path
@@ -23,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autoquant.examples._cache import cache_dir, cached_training
 from autoquant.examples.fashion_mnist import (
-    _cache_dir,
     calibration_batches,
     eval_fn,
     example_inputs,
@@ -96,7 +95,7 @@ class FashionMobileNet(nn.Module):
 
 def _cache_path(epochs: int, n_train: int | None) -> Path:
     n_name = "all" if n_train is None else str(n_train)
-    return _cache_dir() / f"fashion_mobilenet_e{epochs}_n{n_name}_s{_SEED}.safetensors"
+    return cache_dir() / f"fashion_mobilenet_e{epochs}_n{n_name}_s{_SEED}.safetensors"
 
 
 def trained_model(
@@ -109,26 +108,13 @@ def trained_model(
     rate peaking at 1e-2, batch 256, seed 0. ``n_train`` trains on the first ``n_train``
     images (the tests use a small one); ``threads`` sets torch's threads for training.
     """
-    from safetensors.torch import load_file, save_file
-
-    path = _cache_path(epochs, n_train)
-    model = FashionMobileNet()
-    if cache and path.exists():
-        model.load_state_dict(load_file(str(path)))
-        return model.eval()
-    prev_threads = torch.get_num_threads()
-    try:
-        if threads is not None:
-            torch.set_num_threads(threads)
-        model = _train(load_data(n_train), epochs)
-    finally:
-        torch.set_num_threads(prev_threads)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-        tmp.replace(path)  # atomic: concurrent test workers never read half a file
-    return model
+    return cached_training(
+        _cache_path(epochs, n_train),
+        FashionMobileNet,
+        lambda: _train(load_data(n_train), epochs),
+        cache=cache,
+        threads=threads,
+    )
 
 
 def _train(data: dict[str, torch.Tensor], epochs: int) -> FashionMobileNet:

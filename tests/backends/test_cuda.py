@@ -164,11 +164,15 @@ def _lin(k: int, n: int, seed: int = 0) -> nn.Linear:
     return nn.Linear(k, n)
 
 
-@pytest.mark.parametrize("per_token", [True, False])
-def test_int8_dynamic_linear_is_dequantized_math(per_token: bool) -> None:
+@pytest.mark.parametrize(
+    ("per_token", "w_gran"), [(True, "per_channel"), (False, "per_channel"), (True, "per_tensor")]
+)
+def test_int8_dynamic_linear_is_dequantized_math(per_token: bool, w_gran: str) -> None:
     lin = _lin(64, 48)
     x = torch.randn(3, 5, 64)
-    q, qp = quantized_weight(lin.weight, dyn_int8(per_token))
+    cfg = dyn_int8(per_token)
+    cfg = cfg.replace(weight=cfg.weight.replace(granularity=w_gran))
+    q, qp = quantized_weight(lin.weight, cfg)
     out = Int8DynamicLinear(lin, q, qp, per_token=per_token)(x)
     xq, xs = int8_sym_quantize(x.reshape(-1, 64), per_row=per_token)
     expect = F.linear(xq.float() * xs, dequantize(q, qp), lin.bias).reshape(3, 5, 48)

@@ -77,6 +77,7 @@ __all__ = [
     "torchao_config",
     "apply_torchao",
     "calibrate_on_device",
+    "device_latency",
     "FLOAT_DTYPES",
 ]
 
@@ -338,6 +339,14 @@ class CudaBackend(Backend):
         qmodel.autoquant_info = info
         return qmodel
 
+    def float_baseline(self, model: nn.Module) -> nn.Module:
+        """The GPU baseline of ``model``: every op float, in the float dtype, on the device
+        (what a cuda trial's latency and accuracy should be compared with, not the fp32
+        CPU model)."""
+        from autoquant.plan import Plan
+
+        return self.build(model, Plan.float(model), None)
+
 
 def _cast_float_parts(qmodel: nn.Module, dtype: torch.dtype) -> None:
     """Floating parameters and buffers of every non-quantized module to ``dtype``; our
@@ -403,6 +412,40 @@ def calibrate_on_device(
         raise UnsupportedConfigError(_no_cuda_message())
     on_device = copy.deepcopy(model).to(device)
     return calibrate(on_device, calib_data, backend=CudaBackend(device=device), **kwargs)
+
+
+# -- latency -------------------------------------------------------------------------------
+def device_latency(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    warmup: int = 10,
+    repeats: int = 50,
+    compiled: bool = False,
+    device: str | torch.device = "cuda",
+    float_dtype: str = "bfloat16",
+) -> dict[str, float]:
+    """Latency of a model built by this backend in its deployed call: ``example_inputs``
+    (any form :func:`autoquant.inputs.as_inputs` takes) are moved to the device first, so
+    no host copy is timed; CUDA events after warm-up and a synchronize
+    (:func:`~autoquant.backends._cuda_modules.cuda_latency`). ``compiled``: through
+    ``torch.compile(mode="reduce-overhead")`` (inductor + CUDA graphs), compiled during
+    the warm-up. The hook :mod:`autoquant.measure` can call for ``backend="cuda"``."""
+    from autoquant.backends._cuda_modules import cuda_latency
+    from autoquant.inputs import as_inputs
+
+    if not torch.cuda.is_available():
+        raise UnsupportedConfigError(_no_cuda_message())
+    dtype = FLOAT_DTYPES[float_dtype]
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device)
+        return t.to(dtype) if t.is_floating_point() else t
+
+    args, kwargs = as_inputs(example_inputs)
+    args, kwargs = _map_tensors(args, move), _map_tensors(kwargs, move)
+    runner = torch.compile(model, mode="reduce-overhead") if compiled else model
+    return cuda_latency(lambda: runner(*args, **kwargs), warmup=warmup, repeats=repeats)
 
 
 # -- torchao ------------------------------------------------------------------------------

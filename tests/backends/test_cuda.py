@@ -325,6 +325,25 @@ def test_cpu_build_of_a_mixed_plan_runs_every_row() -> None:
     assert (out - ref).norm() / ref.norm() < 0.1
 
 
+def test_float_baseline_is_the_float_plan_in_bf16() -> None:
+    torch.manual_seed(0)
+    model = Stack().eval()
+    base = CudaBackend(device="cpu").float_baseline(model)
+    assert base.autoquant_info.kernels == {}
+    assert {p.dtype for p in base.parameters()} == {torch.bfloat16}
+    x = torch.randn(4, 64)
+    assert (base(x) - model(x)).norm() / model(x).norm() < 0.02
+
+
+def test_device_latency_without_cuda_says_so() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from autoquant.backends.cuda import device_latency
+
+    with pytest.raises(UnsupportedConfigError, match="needs an NVIDIA GPU"):
+        device_latency(Stack(), torch.randn(2, 64))
+
+
 def test_build_without_cuda_says_so() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the GPU tests cover the build")

@@ -153,6 +153,19 @@ def test_compiled_model_matches_eager_and_is_timed_with_events() -> None:
     assert timing["median_ms"] > 0
 
 
+def test_device_latency_of_baseline_and_quantized_model() -> None:
+    from autoquant.backends.cuda import device_latency
+
+    model, data = _stack_and_data()
+    backend = CudaBackend()
+    base = backend.float_baseline(model)
+    qmodel = backend.build(model, _mixed_plan(model), aq.calibrate(model, data))
+    x = torch.randn(64, 64)  # host inputs: device_latency moves them first
+    for built in (base, qmodel):
+        assert device_latency(built, x, warmup=3, repeats=10)["median_ms"] > 0
+    assert device_latency(qmodel, x, warmup=3, repeats=10, compiled=True)["median_ms"] > 0
+
+
 def test_torchao_agrees_with_our_rows_where_it_fits() -> None:
     model, _ = _stack_and_data()
     configs = {"b": dyn_int8(), "d": weight_only("int4", group_size=32)}

@@ -16,9 +16,11 @@ device-specific packed forms are rebuilt from the buffers after construction, af
 
 Every module also runs on the CPU with the same ops (``_int_mm`` and ``_scaled_mm`` have
 CPU kernels, the int4 op its ``_for_cpu`` twin), which is how the quantization math is
-tested on machines without a GPU. The integer quantization follows
-:mod:`autoquant.qparams` exactly (sym: ``scale = absmax / 127.5``); fp8 follows the usual
-``scale = amax / 448`` (torchao's ``_choose_scale_float8``).
+tested on machines without a GPU. Weights are quantized by :mod:`autoquant.observers`;
+dynamic int8 activations get exactly :mod:`autoquant.qparams`'s integers (sym:
+``scale = absmax / 127.5``); static inputs use its formula in float32 without the fused
+multiply-add rounding of its per-tensor path, so an exact tie may round one step apart.
+fp8 follows the usual ``scale = amax / 448`` (torchao's ``_choose_scale_float8``).
 """
 
 from __future__ import annotations

@@ -350,7 +350,8 @@ class CudaBackend(Backend):
 
 def _cast_float_parts(qmodel: nn.Module, dtype: torch.dtype) -> None:
     """Floating parameters and buffers of every non-quantized module to ``dtype``; our
-    quantized modules keep float32 scales and cast activations themselves."""
+    quantized modules keep float32 scales and cast activations themselves, and a
+    simulated op keeps its own float32 qparams (its wrapped float op is cast)."""
 
     def cast(t: torch.Tensor) -> torch.Tensor:
         return t.to(dtype) if t.is_floating_point() else t
@@ -358,7 +359,7 @@ def _cast_float_parts(qmodel: nn.Module, dtype: torch.dtype) -> None:
     quantized = [m for m in qmodel.modules() if isinstance(m, CudaQuantModule)]
     inside = {id(s) for m in quantized for s in m.modules()}
     for module in qmodel.modules():
-        if id(module) not in inside:
+        if id(module) not in inside and not getattr(module, "simulated", False):
             module._apply(cast, recurse=False)
 
 

@@ -325,6 +325,24 @@ def test_cpu_build_of_a_mixed_plan_runs_every_row() -> None:
     assert (out - ref).norm() / ref.norm() < 0.1
 
 
+def test_simulated_fallback_keeps_float32_qparams_and_casts_its_op() -> None:
+    torch.manual_seed(0)
+    model = Stack().eval()
+    backend = CudaBackend(device="cpu", compute_capability=(8, 0))
+    stats = calibrate(model, [torch.randn(8, 64) for _ in range(2)], backend=backend)
+    four_bit = OpConfig(
+        approach="static",
+        weight=QuantSpec(dtype="int4", granularity="per_channel"),
+        activation=QuantSpec(dtype="uint4", scheme="asym"),
+    )
+    qmodel = backend.build(model, Plan.float(model).with_configs({"a": four_bit}), stats)
+    assert qmodel.autoquant_info.simulated == ("a",)
+    assert qmodel.a.input_scale.dtype == torch.float32
+    assert qmodel.a.op.weight.dtype == torch.bfloat16
+    x = torch.randn(4, 64)
+    assert (qmodel(x) - model(x)).norm() / model(x).norm() < 0.3
+
+
 def test_float_baseline_is_the_float_plan_in_bf16() -> None:
     torch.manual_seed(0)
     model = Stack().eval()

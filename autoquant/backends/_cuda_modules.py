@@ -230,7 +230,11 @@ class Fp8Linear(CudaQuantModule):
     """fp8 e4m3 activations (scaled per call) x fp8 e4m3 weights, ``torch._scaled_mm``.
 
     ``rowwise``: one scale per token and per output channel; else one per tensor each.
+    ``use_fast_accum`` (Hopper's fp8 fast accumulation) is on, as in torchao's inference
+    default: the tensor cores promote partial sums to fp32 less often.
     """
+
+    use_fast_accum = True
 
     kernel = "torch._scaled_mm (fp8 e4m3)"
 
@@ -254,7 +258,14 @@ class Fp8Linear(CudaQuantModule):
             sb = self.weight_scale.float().reshape(1, -1)
         else:
             sb = self.weight_scale.float().reshape(())
-        y = torch._scaled_mm(q, self._w8.t(), scale_a=s, scale_b=sb, out_dtype=torch.bfloat16)
+        y = torch._scaled_mm(
+            q,
+            self._w8.t(),
+            scale_a=s,
+            scale_b=sb,
+            out_dtype=torch.bfloat16,
+            use_fast_accum=self.use_fast_accum,
+        )
         return self._finish(y[:m].float(), x, lead)
 
 

@@ -19,6 +19,7 @@ from autoquant.errors import ConfigError
 
 __all__ = [
     "DTYPES",
+    "FLOAT_DTYPES",
     "SCHEMES",
     "GRANULARITIES",
     "OBSERVERS",
@@ -37,6 +38,11 @@ DTYPES: dict[str, tuple[int, bool]] = {
     "int4": (4, True),
     "uint4": (4, False),
 }
+# Scaled low-precision float formats (same (bits, signed) form). Kept apart from DTYPES,
+# which is integer-only: quant_range, the integer observers and the simulated rows read
+# DTYPES, and none of them applies to a float format. fp8_e4m3 is
+# torch.float8_e4m3fn: one scale per tensor/row, values clamped to +-448, no zero point.
+FLOAT_DTYPES: dict[str, tuple[int, bool]] = {"fp8_e4m3": (8, True)}
 SCHEMES = ("sym", "asym")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl")
@@ -60,7 +66,9 @@ class QuantSpec:
     """How one tensor (a weight or an activation) is mapped to integers.
 
     Args:
-        dtype: integer type, one of ``int8``, ``uint8``, ``int4``, ``uint4``.
+        dtype: integer type, one of ``int8``, ``uint8``, ``int4``, ``uint4``, or the
+            scaled float format ``fp8_e4m3`` (``scheme='sym'`` only; run by the ``cuda``
+            backend on compute capability >= 8.9).
         scheme: ``sym`` (scale only, fixed zero point) or ``asym`` (scale and zero point).
         granularity: ``per_tensor``, ``per_channel`` (one scale per slice along ``axis``)
             or ``per_group`` (one scale per ``group_size`` consecutive elements of the
@@ -87,7 +95,7 @@ class QuantSpec:
     averaging_constant: float = 0.01
 
     def __post_init__(self) -> None:
-        _choice("QuantSpec", "dtype", self.dtype, list(DTYPES))
+        _choice("QuantSpec", "dtype", self.dtype, [*DTYPES, *FLOAT_DTYPES])
         _choice("QuantSpec", "scheme", self.scheme, SCHEMES)
         _choice("QuantSpec", "granularity", self.granularity, GRANULARITIES)
         _choice("QuantSpec", "observer", self.observer, OBSERVERS)
@@ -113,6 +121,12 @@ class QuantSpec:
                 f"got group_size={self.group_size!r} with granularity={self.granularity!r}. "
                 "Drop group_size or set granularity='per_group'."
             )
+        if self.dtype in FLOAT_DTYPES and (self.scheme != "sym" or self.reduce_range):
+            raise ConfigError(
+                f"QuantSpec.dtype={self.dtype!r} is a scaled float format: it needs "
+                f"scheme='sym' and reduce_range=False, but got scheme={self.scheme!r}, "
+                f"reduce_range={self.reduce_range!r}."
+            )
         for field, lo, hi in (("percentile", 0.0, 100.0), ("averaging_constant", 0.0, 1.0)):
             value = getattr(self, field)
             if (
@@ -127,11 +141,11 @@ class QuantSpec:
 
     @property
     def bits(self) -> int:
-        return DTYPES[self.dtype][0]
+        return {**DTYPES, **FLOAT_DTYPES}[self.dtype][0]
 
     @property
     def signed(self) -> bool:
-        return DTYPES[self.dtype][1]
+        return {**DTYPES, **FLOAT_DTYPES}[self.dtype][1]
 
     def replace(self, **changes: Any) -> QuantSpec:
         return dataclasses.replace(self, **changes)
@@ -218,11 +232,14 @@ class OpConfig:
         if self.approach == "dynamic":
             act = self.activation
             assert act is not None
-            if act.observer != "minmax" or act.granularity != "per_tensor":
+            # per_channel on a dynamic activation means per token: one scale per row of
+            # the input flattened to [tokens, features] (the cuda backend's kernels).
+            if act.observer != "minmax" or act.granularity not in ("per_tensor", "per_channel"):
                 raise ConfigError(
                     "approach='dynamic' measures each input's min/max at run time, so "
-                    "OpConfig.activation must use observer='minmax' and "
-                    f"granularity='per_tensor', but got observer={act.observer!r}, "
+                    "OpConfig.activation must use observer='minmax' and granularity "
+                    "'per_tensor' (or 'per_channel': one scale per token), but got "
+                    f"observer={act.observer!r}, "
                     f"granularity={act.granularity!r}. Use approach='static' to calibrate "
                     "activation ranges with another observer."
                 )

@@ -40,7 +40,7 @@ def quantize(
         calib_data: model inputs for calibrating static ops: a DataLoader, a list of
             tensors, ``(input, target)`` batches or dicts of keyword inputs. Only needed
             when the plan has static ops and ``stats`` is not given.
-        backend: backend name (``"x86"``, ``"simulated"``) or instance.
+        backend: backend name (``"x86"``, ``"simulated"``, ``"cuda"``) or instance.
         stats: statistics from :func:`~autoquant.calibration.calibrate`, reused instead of
             running the calibration data again (the tuner calibrates once per study).
         max_samples: calibration samples used from ``calib_data`` (the usual 100).

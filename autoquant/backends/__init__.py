@@ -20,5 +20,6 @@ __all__ = [
 ]
 
 # Registration side effects: the built-in backends and their rows.
+from autoquant.backends import cuda as _cuda  # noqa: E402,F401
 from autoquant.backends import simulated as _simulated  # noqa: E402,F401
 from autoquant.backends import x86 as _x86  # noqa: E402,F401

@@ -145,6 +145,9 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     _check_workers(cfg)
     config = tuning_config(cfg)  # fails on a bad value before any model is loaded
     get_strategy(config.strategy)  # and on an unknown strategy (strategy.name=...)
+    from autoquant.backends import get_backend
+
+    get_backend(config.backend).prepare()  # and on a missing device (backend=cuda, no GPU)
 
     import torch
 

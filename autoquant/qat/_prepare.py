@@ -304,7 +304,7 @@ def prepare_qat(
     return qat
 
 
-def _pre_hook_with_kwargs_free(model: nn.Module) -> None:
+def _drop_record_hook(model: nn.Module) -> None:
     for key, hook in list(model._forward_pre_hooks.items()):
         if hook is _record_first_batches:
             del model._forward_pre_hooks[key]
@@ -316,7 +316,7 @@ def float_model(qat_model: nn.Module) -> nn.Module:
 
     _require_qat(qat_model)
     out = copy.deepcopy(qat_model)
-    _pre_hook_with_kwargs_free(out)
+    _drop_record_hook(out)
     del out._aq_qat
     wrapped = [(f, m) for f, m in out.named_modules() if isinstance(m, QATOp)]
     for fqn, m in wrapped:

@@ -209,3 +209,45 @@ def test_nan_after_training_is_refused(digits_model, digits_calib):
 def test_convert_refuses_a_float_model(digits_model):
     with pytest.raises(TypeError, match="prepare_qat"):
         convert(digits_model)
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it (module-mode build)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(64, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.sum() > -1e9:  # always true, but fx cannot know
+            x = torch.relu(self.fc1(x))
+        return self.fc2(x)
+
+
+def test_untraceable_model_converts_module_by_module(digits_data) -> None:
+    from autoquant.examples.digits import train_batches
+    from autoquant.qat.train import TrainLoop
+
+    torch.manual_seed(0)
+    model = _Untraceable().eval()
+    calib = list(digits_data["x_train"][:100].split(25))
+    ptq = aq.quantize(model, PLAN, calib)
+    qat = prepare_qat(model, PLAN, calib)
+    assert aq.quant_info(ptq).mode == "module"
+    x = digits_data["x_test"][:64]
+    assert torch.equal(_int_outputs(ptq, x), _int_outputs(convert(qat), x))
+    TrainLoop(data=train_batches, lr=1e-2)(qat, TrainBudget(steps=10))
+    converted = convert(qat)
+    assert aq.quant_info(converted).mode == "module" and not aq.quant_info(converted).simulated
+
+
+def test_mixed_plan_keeps_each_approach(digits_model, digits_calib) -> None:
+    plan = {"Conv2d": aq.static_int8(), "fc1": aq.dynamic_int8(), "fc2": None}
+    qat = prepare_qat(digits_model, plan, digits_calib)
+    assert qat.fc1.act is None and isinstance(qat.fc2, nn.Linear)
+    info = aq.quant_info(convert(qat))
+    ptq_info = aq.quant_info(aq.quantize(digits_model, plan, digits_calib))
+    assert info.kernels == ptq_info.kernels and "fc2" not in info.kernels
+    assert info.plan["fc1"].approach == "dynamic"

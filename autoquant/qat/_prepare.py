@@ -16,7 +16,9 @@ observers static PTQ uses. The user trains it like any ``nn.Module``.
   entry), then each fake-quantized input's entries -- ``in:<op>`` and every entry of the
   same tensor under another name, e.g. a graph node -- are replaced by min/max statistics
   that give back exactly the learned scale and zero point under the ``minmax`` observer
-  (:func:`stats_for_qparams`); the converted plan uses ``minmax`` for those ops.
+  (:func:`stats_for_qparams`); the converted plan uses ``minmax`` for those ops, and
+  the other entries become min/max of the plan's observer range (:func:`_clip_the_rest`),
+  so an untrained QAT model converts to exactly the PTQ model of the same plan.
 
 So a converted model runs on whatever kernels the backend's static rows build, is
 recorded by ``quant_info`` like any PTQ model (simulated only where PTQ is too) and
@@ -367,6 +369,36 @@ def _same_tensor(a: TensorStats, b: TensorStats) -> bool:
     )
 
 
+def _clip_the_rest(stats: CalibrationStats, overridden: set[str], specs: set[QuantSpec]) -> None:
+    """Entries no learned qparams replaced, as min/max of their observer's clip range.
+
+    The converted plan uses ``minmax`` (the learned qparams are exact under it), so a
+    tensor the build quantizes at another point than an op's input (the last op's
+    output, a conv output before a max-pool) would otherwise get its min/max where PTQ
+    used the plan's observer. When every QAT op shares one activation spec, that
+    observer's range of the trained model's statistics is what PTQ would compute.
+    """
+    from autoquant.observers import get_observer
+
+    if len(specs) != 1:
+        return
+    (spec,) = specs
+    if spec.observer == "minmax":
+        return
+    observer = get_observer(spec.observer)
+    for key, st in list(stats.stats.items()):
+        if key in overridden or st.count == 0:
+            continue
+        lo, hi = observer.clip_range(st, spec)
+        stats.stats[key] = _minmax_stats(float(lo), float(hi))
+
+
+def _minmax_stats(lo: float, hi: float) -> TensorStats:
+    from autoquant.stats import TensorStats
+
+    return TensorStats.from_tensor(torch.tensor([lo, hi], dtype=torch.float64), bins=2)
+
+
 def convert(qat_model: nn.Module, *, self_check: bool = True) -> nn.Module:
     """The real integer model of a trained QAT model, built by the backend's static rows.
 
@@ -408,9 +440,11 @@ def convert(qat_model: nn.Module, *, self_check: bool = True) -> nn.Module:
                 "through the QAT model before converting."
             )
         stats = calibrate(trained, state.calib, backend=be, max_samples=state.config.max_samples)
+        # Every op's input statistics as calibrated, before any entry is replaced.
+        originals = {f: stats.stats.get(f"in:{f}") for f in acts}
+        overridden: set[str] = set()
         for fqn, act in acts.items():
             assert isinstance(act, ActivationFakeQuant)
-            key = f"in:{fqn}"
             if not bool(act.initialized):
                 raise CalibrationError(f"op {fqn!r}: its activation range was never set.")
             qp = act.qparams()
@@ -420,14 +454,17 @@ def convert(qat_model: nn.Module, *, self_check: bool = True) -> nn.Module:
                     "the learning rate."
                 )
             synthetic = stats_for_qparams(qp, act.spec)
-            original = stats.stats.get(key)
-            keys = [key] + [
+            original = originals[fqn]
+            # The same tensor under other names (graph nodes, views) gets the same qparams.
+            keys = {f"in:{fqn}"} | {
                 k
                 for k, st in stats.stats.items()
-                if original is not None and k != key and _same_tensor(st, original)
-            ]
+                if original is not None and k not in overridden and _same_tensor(st, original)
+            }
             for k in keys:
                 stats.stats[k] = synthetic
+            overridden |= keys
+        _clip_the_rest(stats, overridden, {a.spec for a in acts.values()})
         minmax = {
             f: plan[f].replace(activation=plan[f].activation.replace(observer="minmax"))
             for f in acts

@@ -68,9 +68,13 @@ def _int_outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
-def test_convert_without_training_reproduces_static_ptq(digits_model, digits_calib, digits_data):
-    ptq = aq.quantize(digits_model, PLAN, digits_calib)
-    qat = prepare_qat(digits_model, PLAN, digits_calib)
+@pytest.mark.parametrize("observer", ["minmax", "percentile"])
+def test_convert_without_training_reproduces_static_ptq(
+    observer, digits_model, digits_calib, digits_data
+):
+    plan = {"default": aq.static_int8(observer=observer)}
+    ptq = aq.quantize(digits_model, plan, digits_calib)
+    qat = prepare_qat(digits_model, plan, digits_calib)
     converted = convert(qat)
     x = digits_data["x_test"][:200]
     a, b = _int_outputs(ptq, x), _int_outputs(converted, x)

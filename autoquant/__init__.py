@@ -53,6 +53,10 @@ _LAZY = {
     "TuningResult": "autoquant.tuning",
     "GoalNotMetWarning": "autoquant.tuning",
     "TuningCallback": "autoquant.tuning",
+    # quantization-aware training (prepare -> train -> convert), autoquant.qat
+    "prepare_qat": "autoquant.qat",
+    "convert": "autoquant.qat",
+    "QATConfig": "autoquant.qat",
 }
 
 # What a user calls: the quantize / tune workflow, the configs it takes, what it returns,
@@ -114,6 +118,9 @@ if TYPE_CHECKING:
     from autoquant.measure import measure_latency, size_bytes
     from autoquant.plan import Plan, resolve_plan
     from autoquant.plan import PlanWarning as PlanWarning
+    from autoquant.qat import QATConfig as QATConfig
+    from autoquant.qat import convert as convert
+    from autoquant.qat import prepare_qat as prepare_qat
     from autoquant.qparams import QParams as QParams
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save

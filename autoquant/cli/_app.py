@@ -178,6 +178,9 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         else _instantiate(cfg.data.example_inputs, "data.example_inputs")
     )
     factory = _factory_path(cfg.model.factory)
+    from autoquant.cli._schema import train_fn as _train_fn
+
+    train_fn = _train_fn(cfg)  # train=none: None (and "qat" in space.approaches is refused)
 
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_config["storage"]["url"] = mask_url(cfg.storage.url)  # never log a password
@@ -198,6 +201,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 config=config,
                 example_inputs=example,
                 callbacks=[progress, tracker, best_so_far],
+                train_fn=train_fn,
             )
         progress.close()
         model_dir = run_dir / "model"
@@ -259,8 +263,9 @@ class _BestSoFar(TuningCallback):
         }
         (tmp / "best.json").write_text(json.dumps(info, indent=2))
         (tmp / "best_plan.yaml").write_text(best.plan.to_yaml())
-        if self.save_model:
-            # Rebuilt from its plan (trial candidates are freed after each trial).
+        if self.save_model and "qat_budget" not in best.params:
+            # Rebuilt from its plan (trial candidates are freed after each trial); a QAT
+            # trial's model was trained, not built: the final result saves it.
             autoquant.save(self.build(best.plan), tmp / "model", model_factory=self.model_factory)
         old = self.dir.with_name(".best_so_far-old")
         shutil.rmtree(old, ignore_errors=True)

@@ -24,7 +24,7 @@ from omegaconf import MISSING
 
 from autoquant.tuning import config as tc
 
-__all__ = ["CONF_KEYS", "JobConfig", "register_schemas", "tuning_config"]
+__all__ = ["CONF_KEYS", "JobConfig", "register_schemas", "train_fn", "tuning_config"]
 
 # conf key -> TuningConfig setting (flat name). study.name and tuning.seed are adjusted in
 # tuning_config (the study name matters only with a storage; each worker its own seed).
@@ -54,6 +54,12 @@ CONF_KEYS: dict[str, str] = {
     "storage.url": "storage",
     "storage.heartbeat_interval": "heartbeat_interval",
     "study.name": "study_name",
+    "train.qat.epochs": "qat_epochs",
+    "train.qat.lr_scales": "qat_lr_scales",
+    "train.qat.steps": "qat_steps",
+    "train.qat.trials": "qat_trials",
+    "train.qat.learn_scales": "qat_learn_scales",
+    "train.qat.freeze_bn_at": "qat_freeze_bn_at",
 }
 
 
@@ -106,6 +112,7 @@ TuningSection = _node(
     last=(("latency", LatencyConfig, field(default_factory=LatencyConfig)),),
 )
 BackendConfig = _node("BackendConfig", "backend")
+TrainQATConfig = _node("TrainQATConfig", "train.qat")
 StorageConfig = _node("StorageConfig", "storage")
 
 
@@ -114,7 +121,30 @@ class DataConfig:
     calib: Any = MISSING  # {_target_: ...}: an iterable of model inputs (calibration)
     eval_fn: Any = MISSING  # {_target_: ...}: returns eval_fn(model) -> float
     example_inputs: Any = None  # {_target_: ...}: inputs for latency (default: first calib batch)
+    # {_target_: ..., _partial_: true}: train(batch_size) -> (input, target) batches, the
+    # fine-tuning data of train=sgd (QAT)
+    train: Any = None
     metric: MetricConfig = field(default_factory=MetricConfig)  # type: ignore[valid-type]
+
+
+@dataclass
+class TrainConfig:
+    """QAT fine-tuning (the ``train`` group): ``none``, or ``sgd``, a built-in loop
+    (:class:`autoquant.qat.train.TrainLoop`) over ``data``; ``factory`` instead names
+    the user's own ``train_fn`` factory. ``qat``: the QAT trials' search settings."""
+
+    name: str = "none"
+    factory: Any = None  # {_target_: ...}: returns train_fn(model) or train_fn(model, budget)
+    data: Any = None  # {_target_: ..., _partial_: true}: data(batch_size) -> batches
+    optimizer: str = "sgd"  # sgd | adam
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: float = 1.0
+    steps: int | None = None
+    batch_size: int = 64
+    loss: str = "cross_entropy"  # cross_entropy | mse
+    qat: TrainQATConfig = field(default_factory=TrainQATConfig)  # type: ignore[valid-type]
 
 
 @dataclass
@@ -158,6 +188,7 @@ class JobConfig:
     backend: BackendConfig = MISSING  # type: ignore[valid-type]
     tracking: TrackingSection = MISSING
     storage: StorageConfig = MISSING  # type: ignore[valid-type]
+    train: TrainConfig = field(default_factory=TrainConfig)
     study: StudyNode = field(default_factory=StudyNode)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -195,5 +226,31 @@ def register_schemas() -> None:
         ("backend", BackendConfig),
         ("tracking", TrackingSection),
         ("storage", StorageConfig),
+        ("train", TrainConfig),
     ):
         cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+def train_fn(cfg: Any) -> Any:
+    """The ``train_fn`` the ``train`` group describes, or None (``train=none``)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    node = cfg.get("train")
+    if node is None or node.name == "none":
+        return None
+    if node.factory is not None:
+        return instantiate(node.factory, _convert_="all")
+    if node.data is None:
+        raise SystemExit(
+            f"autoquant: train={node.name} needs train.data (a factory "
+            "{_target_: ..., _partial_: true} returning (input, target) batches for a batch "
+            "size) or train.factory (your own train_fn); data.train supplies it for the "
+            "bundled examples."
+        )
+    from autoquant.qat.train import TrainLoop
+
+    fields = OmegaConf.to_container(node, resolve=True)
+    for key in ("name", "factory", "data", "qat"):
+        fields.pop(key)
+    return TrainLoop(data=instantiate(node.data, _convert_="all"), **fields)

@@ -24,6 +24,8 @@ __all__ = [
     "calibration_batches",
     "eval_fn",
     "example_inputs",
+    "train_batches",
+    "train_fn",
 ]
 
 _SEED = 0
@@ -121,6 +123,23 @@ def eval_fn(split: str = "test") -> Callable[[nn.Module], float]:
 def example_inputs(batch_size: int = 64) -> torch.Tensor:
     """Test images at the batch size latency is measured with."""
     return load_data()["x_test"][:batch_size]
+
+
+def train_batches(batch_size: int = 64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The training split as shuffled ``(images, labels)`` batches (fixed seed): the
+    fine-tuning data of QAT (``train=sgd``'s data factory)."""
+    data = load_data()
+    x, y = data["x_train"], data["y_train"]
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_SEED + 1))
+    return [(x[idx], y[idx]) for idx in order.split(batch_size)]
+
+
+def train_fn(lr: float = 1e-3, epochs: float = 1.0, batch_size: int = 64):
+    """A real QAT fine-tuning function for this model: SGD with momentum on the training
+    split (:class:`autoquant.qat.train.TrainLoop`); ``tune(..., train_fn=train_fn())``."""
+    from autoquant.qat.train import TrainLoop
+
+    return TrainLoop(data=train_batches, lr=lr, epochs=epochs, batch_size=batch_size)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,8 @@ __all__ = [
     "calibration_batches",
     "eval_fn",
     "example_inputs",
+    "train_batches",
+    "train_fn",
 ]
 
 _SEED = 0
@@ -331,6 +333,32 @@ def eval_fn(n: int | None = None):
 def example_inputs(batch_size: int = 64) -> torch.Tensor:
     """A batch of ``batch_size`` test images for latency, [batch_size, 1, 28, 28]."""
     return _test_set()["x_test"][:batch_size]
+
+
+def train_batches(
+    batch_size: int = 128, n_train: int | None = 10000
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled ``(images, labels)`` batches of the first ``n_train`` training images
+    (fixed seed): QAT fine-tuning data (``train=sgd``'s data factory). 10,000 images by
+    default: an epoch of fine-tuning is ~80 steps at batch 128."""
+    data = load_data(n_train)
+    x, y = data["x_train"], data["y_train"]
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(_SEED + 1))
+    return [(x[idx], y[idx]) for idx in order.split(batch_size)]
+
+
+def train_fn(
+    lr: float = 1e-3, epochs: float = 1.0, batch_size: int = 128, n_train: int | None = 10000
+):
+    """A real QAT fine-tuning function for :class:`FashionCNN`: SGD with momentum on
+    training images (:class:`autoquant.qat.train.TrainLoop`)."""
+    from functools import partial
+
+    from autoquant.qat.train import TrainLoop
+
+    return TrainLoop(
+        data=partial(train_batches, n_train=n_train), lr=lr, epochs=epochs, batch_size=batch_size
+    )
 
 
 # --------------------------------------------------------------------------- demo

@@ -325,6 +325,8 @@ class MlflowTracker(Tracker):
             if record.cached_from is None:
                 names = {"total_s": "trial_time_s", "build_s": "build_s"}
                 names |= {"eval_s": "eval_s", "measure_s": "measure_s"}
+                # QAT trials: fine-tuning time (autoquant.tuning._qat)
+                names |= {"train_s": "train_time_s", "prepare_s": "qat_prepare_s"}
                 for k, v in record.timings.items():
                     if k in names:
                         metrics[names[k]] = v

@@ -126,6 +126,9 @@ def trial_params(record: TrialRecord) -> dict[str, Any]:
         "fp32_ops": len(fp32_names),
         "fp32_op_names": ",".join(fp32_names) if fp32_names else "none",
     }
+    if "qat_budget" in record.params:  # a QAT trial: its fine-tuning budget
+        params["approach"] = "qat"
+        params["qat_budget"] = record.params["qat_budget"]
     for op_type, labels in by_type.items():
         # most_common keeps first-seen order on ties: the earliest op's choice wins.
         params[f"op_type.{op_type}"] = Counter(labels).most_common(1)[0][0]

@@ -44,6 +44,7 @@ def tune(
     config: TuningConfig | None = None,
     example_inputs: Any = None,
     callbacks: Sequence[TuningCallback] = (),
+    train_fn: Callable[..., Any] | None = None,
 ) -> TuningResult:
     """Search per-op quantization configs for the fastest model that meets the goal.
 
@@ -60,6 +61,9 @@ def tune(
             batch).
         callbacks: :class:`~autoquant.tuning.callbacks.TuningCallback` objects (MLflow
             tracking, progress display) told about the start, every trial and the end.
+        train_fn: ``train_fn(model)`` or ``train_fn(model, budget)``, fine-tunes a QAT
+            model in place (needed when ``"qat"`` is in ``approaches``; see
+            :mod:`autoquant.tuning._qat`). It only ever gets a copy.
     """
     import optuna
 
@@ -72,6 +76,7 @@ def tune(
     config = config or TuningConfig()
     # A misspelt strategy fails here, before the model is discovered or calibrated.
     get_strategy(config.strategy)
+    calib_data = _check_qat(config, calib_data, train_fn)
     engine = Runner(model, eval_fn, calib_data, config, example_inputs)
     log.info("%s", engine.space.describe())
     verbosity = optuna.logging.get_verbosity()
@@ -84,10 +89,21 @@ def tune(
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
             study, baseline, strategy = _start(engine, model, calib_data, config, callbacks)
-            records, stop = _search(engine, strategy, study, baseline, callbacks)
+            if set(config.approaches) == {"qat"}:
+                records, stop = [], "qat only"
+            else:
+                records, stop = _search(engine, strategy, study, baseline, callbacks)
+            qat_models: dict[int, nn.Module] = {}
+            from autoquant.tuning._qat import needs_qat_phase, run_qat_phase
+
+            if needs_qat_phase(config, records):
+                assert train_fn is not None
+                records, qat_models = run_qat_phase(
+                    engine, study, baseline, records, train_fn, callbacks
+                )
     finally:
         optuna.logging.set_verbosity(verbosity)
-    result = _result(engine, study, records, baseline, stop)
+    result = _result(engine, study, records, baseline, stop, qat_models)
     result.sensitivity = strategy.context.scores
     for cb in callbacks:
         cb.on_end(result)
@@ -241,8 +257,39 @@ def _log_trial(record: TrialRecord, evaluations: int, config: TuningConfig) -> N
     )
 
 
+def _check_qat(
+    config: TuningConfig, calib_data: Iterable[Any] | None, train_fn: Callable[..., Any] | None
+) -> Iterable[Any] | None:
+    """Refuse a QAT space without what it needs; keep one-shot calibration data."""
+    from autoquant.errors import ConfigError
+
+    if "qat" not in config.approaches:
+        return calib_data
+    if train_fn is None or not callable(train_fn):
+        raise ConfigError(
+            f"TuningConfig.approaches={config.approaches} includes 'qat', which fine-tunes "
+            f"the model: pass train_fn=fn(model) or fn(model, budget) to tune() (got "
+            f"{train_fn!r}), or drop 'qat' from approaches."
+        )
+    if calib_data is None:
+        raise ConfigError(
+            "approach 'qat' starts from static int8 plans and their calibration: pass "
+            "calib_data= to tune()."
+        )
+    if iter(calib_data) is calib_data:  # a generator: QAT trials read it again
+        from autoquant.qat._prepare import _keep_batches
+
+        calib_data, _ = _keep_batches(calib_data, config.calib_samples)
+    return calib_data
+
+
 def _result(
-    engine: Runner, study: Any, records: list[TrialRecord], baseline: Metrics, stop: str
+    engine: Runner,
+    study: Any,
+    records: list[TrialRecord],
+    baseline: Metrics,
+    stop: str,
+    qat_models: dict[int, nn.Module] | None = None,
 ) -> TuningResult:
     from autoquant.tuning._coordination import finished_by_this_worker
 
@@ -267,11 +314,15 @@ def _result(
         warnings.warn(message, GoalNotMetWarning, stacklevel=3)
         log.warning("%s", message)
     assert best.metrics is not None
+    # A QAT trial's model cannot be rebuilt from its plan (it was trained): it was kept.
+    best_model = (qat_models or {}).get(best.number)
+    if best_model is None:
+        best_model = engine.build(best.plan, candidate=False)
     return TuningResult(
         met=bool(passing),
         baseline=baseline,
         best=best.metrics,
-        best_model=engine.build(best.plan, candidate=False),
+        best_model=best_model,
         best_plan=best.plan,
         best_trial=best.number,
         trials=records,

@@ -42,6 +42,7 @@ __all__ = [
     "BudgetConfig",
     "LatencyConfig",
     "StudyConfig",
+    "QATSearchConfig",
     "SEARCH_DIMENSIONS",
     "OBJECTIVES",
 ]
@@ -89,6 +90,12 @@ FLAT: dict[str, tuple[str, str]] = {
     "storage": ("study", "storage"),
     "study_name": ("study", "study_name"),
     "heartbeat_interval": ("study", "heartbeat_interval"),
+    "qat_epochs": ("qat", "epochs"),
+    "qat_lr_scales": ("qat", "lr_scales"),
+    "qat_steps": ("qat", "steps"),
+    "qat_trials": ("qat", "trials"),
+    "qat_learn_scales": ("qat", "learn_scales"),
+    "qat_freeze_bn_at": ("qat", "freeze_bn_at"),
 }
 _FLAT_NAME = {pair: flat for flat, pair in FLAT.items()}
 
@@ -191,9 +198,10 @@ class SpaceConfig:
                 self.search,
                 f"a subset of {list(SEARCH_DIMENSIONS)} ({bad} unknown)",
             )
-        # Only approaches with a search-space preset (autoquant.approaches): "qat" is a
-        # known name without one, so it is refused here, not with a KeyError in tune().
-        tunable = tunable_approaches()
+        # Approaches with a search-space preset (autoquant.approaches), plus "qat": it has
+        # no per-op preset but its own phase of trials (autoquant.tuning._qat), run after
+        # the post-training ones, or alone when it is the only approach asked for.
+        tunable = (*tunable_approaches(), "qat")
         bad = [a for a in self.approaches if a not in tunable]
         if bad or not self.approaches:
             raise _fail(
@@ -211,6 +219,61 @@ class SpaceConfig:
             raise _fail("space", "tie", self.tie, f"one of {list(_TIES)}")
         if not isinstance(self.include_simulated, bool):
             raise _fail("space", "include_simulated", self.include_simulated, "a bool")
+
+
+@dataclass(frozen=True, kw_only=True)
+class QATSearchConfig:
+    """Quantization-aware training trials, run when ``"qat"`` is in ``approaches``.
+
+    INC's order: post-training plans first; QAT trials only when none of them meets the
+    goal, starting from the most accurate post-training plan and the study's calibration
+    (or, when ``"qat"`` is the only approach, from the space's default plan). Each trial
+    fine-tunes a copy with the user's ``train_fn`` under one budget.
+
+    epochs, lr_scales: the fine-tuning budgets searched, in order (their product; the
+        first pair is the default). A ``train_fn(model, budget)`` receives a
+        :class:`~autoquant.qat.train.TrainBudget`; a one-argument ``train_fn`` runs its
+        own schedule and the budget is only recorded.
+    steps: cap on optimizer steps per trial (None: no cap).
+    trials: QAT trials at most (not counted in ``max_trials``); they stop at the first
+        budget that meets the goal.
+    learn_scales, freeze_bn_at: the :class:`~autoquant.qat.QATConfig` of every trial.
+    """
+
+    epochs: tuple[float, ...] = (1.0, 3.0)
+    lr_scales: tuple[float, ...] = (1.0, 0.3)
+    steps: int | None = None
+    trials: int = 4
+    learn_scales: bool = False
+    freeze_bn_at: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "lr_scales"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                raise _fail("qat", name, value, "a non-empty tuple of numbers > 0")
+            value = tuple(value)
+            if not value or not all(_is_number(v) and math.isfinite(v) and v > 0 for v in value):
+                raise _fail("qat", name, value, "a non-empty tuple of numbers > 0")
+            object.__setattr__(self, name, value)
+        if self.steps is not None and not _is_int(self.steps, 1):
+            raise _fail("qat", "steps", self.steps, "None or an int >= 1")
+        if not _is_int(self.trials, 1):
+            raise _fail("qat", "trials", self.trials, "an int >= 1")
+        if not isinstance(self.learn_scales, bool):
+            raise _fail("qat", "learn_scales", self.learn_scales, "a bool")
+        if not _is_int(self.freeze_bn_at, 0):
+            raise _fail("qat", "freeze_bn_at", self.freeze_bn_at, "an int >= 0")
+
+    def budgets(self) -> list[Any]:
+        """The TrainBudgets searched, default first."""
+        from autoquant.qat.train import TrainBudget
+
+        return [
+            TrainBudget(epochs=e, lr_scale=lr, steps=self.steps)
+            for e in self.epochs
+            for lr in self.lr_scales
+        ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,6 +394,7 @@ _SECTIONS: dict[str, type] = {
     "budget": BudgetConfig,
     "latency": LatencyConfig,
     "study": StudyConfig,
+    "qat": QATSearchConfig,
 }
 
 
@@ -352,6 +416,8 @@ class TuningConfig:
     latency: latency_threads, latency_repeats, latency_warmup, min_latency_gain
         (``LatencyConfig.threads``, ``.repeats``, ``.warmup``, ``.min_gain``).
     study: storage, study_name, heartbeat_interval.
+    qat: qat_epochs, qat_lr_scales, qat_steps, qat_trials, qat_learn_scales,
+        qat_freeze_bn_at (``QATSearchConfig``; used when ``"qat"`` is in approaches).
     backend: quantization backend name (``x86``, ``simulated``).
     """
 
@@ -360,6 +426,7 @@ class TuningConfig:
     budget: BudgetConfig
     latency: LatencyConfig
     study: StudyConfig
+    qat: QATSearchConfig
     backend: str
 
     def __init__(
@@ -370,10 +437,18 @@ class TuningConfig:
         budget: BudgetConfig | None = None,
         latency: LatencyConfig | None = None,
         study: StudyConfig | None = None,
+        qat: QATSearchConfig | None = None,
         backend: str = "x86",
         **flat: Any,
     ) -> None:
-        given = {"goal": goal, "space": space, "budget": budget, "latency": latency, "study": study}
+        given = {
+            "goal": goal,
+            "space": space,
+            "budget": budget,
+            "latency": latency,
+            "study": study,
+            "qat": qat,
+        }
         changes: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
         for key, value in flat.items():
             if key not in FLAT:

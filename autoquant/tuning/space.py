@@ -91,8 +91,15 @@ def _candidates(
     out: list[OpConfig] = []
     search = set(config.search)
     approaches = [
-        a for a in config.approaches if calibrated or not get_approach(a).needs_calibration
+        a
+        for a in config.approaches
+        # "qat" has no per-op preset: its trials are a phase of their own
+        # (autoquant.tuning._qat) that starts from these post-training plans.
+        if get_approach(a).preset is not None
+        and (calibrated or not get_approach(a).needs_calibration)
     ]
+    if not approaches and "qat" in config.approaches and calibrated:
+        approaches = ["static"]  # QAT alone: its trials start from the static plan
     if "approach" not in search:
         approaches = approaches[:1]
     for approach in approaches:

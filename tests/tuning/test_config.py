@@ -50,7 +50,12 @@ BAD = [
     ("search", ("approach", "bits"), ["'bits'", *[repr(d) for d in SEARCH_DIMENSIONS]]),
     ("search", "approach", ["a tuple or list"]),
     ("approaches", ("static", "fp16"), ["'static'", "'dynamic'", "'weight_only'"]),
-    ("approaches", ("qat",), ["'weight_only'"]),
+    ("approaches", ("qat", "fp16"), ["'weight_only'", "'qat'"]),
+    ("qat_epochs", (), ["non-empty"]),
+    ("qat_lr_scales", (0.0,), ["> 0"]),
+    ("qat_steps", 0, ["None or an int >= 1"]),
+    ("qat_trials", 0, ["an int >= 1"]),
+    ("qat_learn_scales", "yes", ["a bool"]),
     ("approaches", (), ["non-empty"]),
     ("observers", ("minmax", "entropy"), ["'kl'", "'percentile'"]),
     ("observers", (), ["non-empty"]),
@@ -126,6 +131,8 @@ def test_to_dict_keeps_the_flat_keys_mlflow_and_studies_record():
         "approaches", "observers", "tie", "include_simulated", "calib_samples",
         "latency_threads", "latency_repeats", "latency_warmup", "min_latency_gain",
         "metric_bounds", "seed", "backend", "storage", "study_name", "heartbeat_interval",
+        "qat_epochs", "qat_lr_scales", "qat_steps", "qat_trials", "qat_learn_scales",
+        "qat_freeze_bn_at",
     ]  # fmt: skip
     assert TuningConfig(**d) == TuningConfig(storage="sqlite:///x.db", study_name="s")
 

@@ -204,6 +204,11 @@ def test_default_job_end_to_end(tmp_path: Path) -> None:
 
     experiment = MlflowClient(f"sqlite:///{db}").get_experiment(parents[0].info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # MLflow 3.17's UI chooses its view globally: the printed link asks for model training.
+    assert (
+        f"#/experiments/{experiment.experiment_id}/runs/{summary['mlflow_run_id']}"
+        "?workflowType=machine_learning" in out.stdout
+    )
     # The saved model reloads from its directory alone: the model factory is recorded,
     # and the caller, who ran this study, trusts exactly that factory.
     import autoquant

@@ -378,6 +378,7 @@ def _summary(
         "worker": int(cfg.study.worker),
         "calibration_passes": result.calibration_passes,
         "mlflow_run_id": tracker.run_id,
+        "mlflow_experiment_id": getattr(tracker, "experiment_id", None),
         "mlflow_tracking_uri": _masked(tracker.tracking_uri),
         # Two durations: tune() (calibration, baseline and search: what the report prints
         # and MLflow's elapsed_s metric holds) and the whole job (loading the model and
@@ -404,6 +405,19 @@ def _print_report(result: Any, summary: dict[str, Any], run_dir: Path, tracking:
     _print_outputs(summary, run_dir)
     if summary["mlflow_run_id"] and tracking.uri.startswith("sqlite:"):
         print(f"  open it with: mlflow ui --backend-store-uri {tracking.uri}")
+        print(f"  then: http://127.0.0.1:5000/{_run_page(summary)}")
+    elif summary["mlflow_run_id"] and tracking.uri.startswith(("http://", "https://")):
+        print(f"  in the UI: {_masked(tracking.uri).rstrip('/')}/{_run_page(summary)}")
+
+
+def _run_page(summary: dict[str, Any]) -> str:
+    """The parent run's page in MLflow's UI. MLflow 3.17's UI picks its GenAI or
+    model-training view from a global setting (default GenAI), not from the experiment's
+    kind tag; this parameter opens the model-training view."""
+    return (
+        f"#/experiments/{summary['mlflow_experiment_id']}/runs/{summary['mlflow_run_id']}"
+        "?workflowType=machine_learning"
+    )
 
 
 def _print_outputs(summary: dict[str, Any], run_dir: Path) -> None:

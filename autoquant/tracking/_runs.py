@@ -51,9 +51,11 @@ log = logging.getLogger("autoquant.tracking")
 _BATCH = 100  # params/tags per log_batch call (MLflow's limit)
 _PARENT_ATTR = "autoquant:mlflow_parent"  # study user attr: the parent run of all workers
 _RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces); this kind
-# opens the model-training view (runs table, metric charts). The UI's values (3.17):
-# genai_development, custom_model_development, finetuning, forecasting, classification.
+# What the experiment is, for MLflow 3's UI (its kind selector; UIs that choose their view
+# by it open the model-training view, runs table and metric charts, not the GenAI one).
+# MLflow 3.17's UI chooses its view from a global setting instead: the CLI prints the
+# run's link with ?workflowType=machine_learning. Values (3.17): genai_development,
+# custom_model_development, finetuning, forecasting, classification.
 _KIND_TAG, _KIND = "mlflow.experimentKind", "custom_model_development"
 
 

@@ -516,3 +516,30 @@ def test_the_foreign_warnings_the_cli_hides_still_occur(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     for message, category, _module in FOREIGN:
         assert re.search(f"{category}: {message}", out.stderr), (message, out.stderr[-3000:])
+
+
+def test_the_goal_binds_on_the_embedded_breast_cancer_model(tmp_path: Path) -> None:
+    # Features in their own units: int8 activations of fc1 miss the 1% goal, so the first
+    # plan (everything static int8) fails and the tuner recovers by keeping fc1 in fp32.
+    run_dir = tmp_path / "run"
+    out = _run(
+        [
+            "model=breast_cancer",
+            "tuning.objective=size",
+            "tuning.stop_on_first_pass=true",
+            "tuning.latency.repeats=3",
+            "tuning.latency.warmup=1",
+            "output.progress=log",
+            "output.save_model=false",
+            "tracking=off",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert "trial 0 fail" in out.stdout  # the default plan misses the goal
+    assert summary["met"] and summary["trial_states"]["fail"] >= 1
+    assert "fc1" in summary["fp32_ops"] and len(summary["fp32_ops"]) < 3
+    assert summary["size_reduction"] > 1.2
+    assert "goal MET" in out.stdout and "ops kept in fp32" in out.stdout

@@ -23,6 +23,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from autoquant.cli._noise import quiet_foreign_warnings
 from autoquant.cli._schema import register_schemas, tuning_config
 from autoquant.tuning.callbacks import TuningCallback
 
@@ -33,21 +34,6 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 # -- checking the command line before anything heavy ----------------------------------------
-def _first_values(overrides: list[str]) -> list[str]:
-    """Overrides with each sweep replaced by its first value (enough to check keys/types)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    out = []
-    for o in parsed:
-        if o.is_sweep_override():
-            first = next(iter(o.sweep_string_iterator()))
-            out.append(f"{o.get_key_element()}={first}")
-        else:
-            out.append(o.input_line)
-    return out
-
-
 def _explain(exc: Exception, overrides: list[str]) -> str:
     """A message naming the key, what was given and what is allowed."""
     from hydra import compose, initialize_config_dir
@@ -81,19 +67,103 @@ def _explain(exc: Exception, overrides: list[str]) -> str:
     return f"autoquant: invalid configuration: {text}"
 
 
+class _Refused(Exception):
+    """A command line autoquant refuses, with the message to print."""
+
+
+def _groups() -> dict[str, list[str]]:
+    """Config group -> its choices (conf/<group>/*.yaml; the ``*_schema`` entries that
+    Hydra's ConfigStore adds are what choices are checked against, not choices)."""
+    return {
+        d.name: sorted(f.stem for f in d.glob("*.yaml"))
+        for d in sorted(CONF_DIR.iterdir())
+        if d.is_dir() and any(d.glob("*.yaml"))
+    }
+
+
+def _refuse_schemas(parsed: list[Any]) -> None:
+    groups = _groups()
+    for o in parsed:
+        group = o.key_or_group.lstrip("+~")
+        if group not in groups:
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        for value in values:
+            if isinstance(value, str) and value.endswith("_schema"):
+                raise _Refused(
+                    f"autoquant: {group}={value} is not a choice: {value!r} is the schema "
+                    f"that {group} configs are checked against. Choose one of: "
+                    f"{', '.join(groups[group])}."
+                )
+
+
+def _variants(parsed: list[Any], limit: int = 32) -> list[list[str]]:
+    """Override lists to check a sweep with: every sweep at its first value, then each
+    other value of each sweep in turn (so ``tuning.tolerable_loss=0.01,-1`` fails too)."""
+    firsts: list[str] = []
+    sweeps: list[tuple[int, str, list[str]]] = []
+    for i, o in enumerate(parsed):
+        if o.is_sweep_override():
+            values = list(o.sweep_string_iterator())
+            key = o.get_key_element()
+            firsts.append(f"{key}={values[0]}")
+            sweeps.append((i, key, values[1:]))
+        else:
+            firsts.append(o.input_line)
+    out = [firsts]
+    for i, key, rest in sweeps:
+        for value in rest:
+            if len(out) >= limit:
+                return out
+            out.append([*firsts[:i], f"{key}={value}", *firsts[i + 1 :]])
+    return out
+
+
+def _check_values(cfg: DictConfig) -> None:
+    """The value checks the job makes before loading anything (same code, same messages)."""
+    from autoquant.tracking import TrackingConfig
+
+    _check_workers(cfg)
+    tuning_config(cfg)
+    TrackingConfig(**OmegaConf.to_container(cfg.tracking, resolve=True))
+    if cfg.output.progress not in ("auto", "bar", "log", "off"):
+        raise _Refused(
+            "autoquant: output.progress must be one of auto, bar, log, off, but got "
+            f"{cfg.output.progress!r}."
+        )
+
+
 def _check_overrides(argv: list[str]) -> None:
-    """Compose the config once with the given overrides; exit 2 with a clear message."""
+    """Compose the config with the given overrides (each value of a sweep) and check its
+    values, before Hydra makes a run directory; exit 2 with a clear message."""
     overrides = [
         a for a in argv if not a.startswith("-") and "=" in a and not a.startswith("hydra")
     ]
     if not overrides:
         return
     from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from autoquant.errors import AutoQuantError
 
     try:
-        firsts = _first_values(overrides)
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            compose("config", overrides=firsts)
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        _refuse_schemas(parsed)
+        for variant in _variants(parsed):
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = compose("config", overrides=variant, return_hydra_config=True)
+            # conf values may interpolate ${hydra:runtime.cwd}: resolve them as a job would
+            HydraConfig.instance().set_config(cfg)
+            try:
+                _check_values(cfg)
+            except AutoQuantError as exc:
+                raise _Refused(f"autoquant: {exc}") from None
+            except SystemExit as exc:
+                raise _Refused(str(exc.code)) from None
+    except _Refused as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(2) from None
     except Exception as exc:  # noqa: BLE001 - any composition error is reported the same way
         print(_explain(exc, overrides), file=sys.stderr)
         raise SystemExit(2) from None
@@ -194,6 +264,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
+            quiet_foreign_warnings()
             result = autoquant.tune(
                 model,
                 eval_fn,
@@ -315,8 +386,13 @@ def _summary(
         "worker": int(cfg.study.worker),
         "calibration_passes": result.calibration_passes,
         "mlflow_run_id": tracker.run_id,
+        "mlflow_experiment_id": getattr(tracker, "experiment_id", None),
         "mlflow_tracking_uri": _masked(tracker.tracking_uri),
-        "elapsed_s": time.monotonic() - started,
+        # Two durations: tune() (calibration, baseline and search: what the report prints
+        # and MLflow's elapsed_s metric holds) and the whole job (loading the model and
+        # data, training the model on first use, included).
+        "elapsed_s": result.elapsed_s,
+        "job_elapsed_s": time.monotonic() - started,
     }
 
 
@@ -329,10 +405,27 @@ def _masked(url: str | None) -> str | None:
 def _print_report(result: Any, summary: dict[str, Any], run_dir: Path, tracking: Any) -> None:
     print()
     print(result.summary())
+    print(
+        f"job: {summary['job_elapsed_s']:.1f} s in all, {summary['elapsed_s']:.1f} s of it "
+        "tuning (the rest: loading the model and data, or training the model on first use)"
+    )
     print(f"\nrun directory: {run_dir}")
     _print_outputs(summary, run_dir)
     if summary["mlflow_run_id"] and tracking.uri.startswith("sqlite:"):
         print(f"  open it with: mlflow ui --backend-store-uri {tracking.uri}")
+        print(f"  then: http://127.0.0.1:5000/{_run_page(summary)}")
+    elif summary["mlflow_run_id"] and tracking.uri.startswith(("http://", "https://")):
+        print(f"  in the UI: {_masked(tracking.uri).rstrip('/')}/{_run_page(summary)}")
+
+
+def _run_page(summary: dict[str, Any]) -> str:
+    """The parent run's page in MLflow's UI. MLflow 3.17's UI picks its GenAI or
+    model-training view from a global setting (default GenAI), not from the experiment's
+    kind tag; this parameter opens the model-training view."""
+    return (
+        f"#/experiments/{summary['mlflow_experiment_id']}/runs/{summary['mlflow_run_id']}"
+        "?workflowType=machine_learning"
+    )
 
 
 def _print_outputs(summary: dict[str, Any], run_dir: Path) -> None:
@@ -355,8 +448,8 @@ def _run_workers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     _check_workers(cfg)
     summary = supervise(cfg, run_dir)
-    print(
-        f"\nstudy {summary['study']}: goal {'MET' if summary['met'] else 'NOT MET'}, "
+    log.info(
+        f"study {summary['study']}: goal {'MET' if summary['met'] else 'NOT MET'}, "
         f"{summary['n_evaluations']} evaluations by {len(summary['workers'])} workers, "
         f"best trial {summary['best_trial']}: speedup {summary['speedup']:.2f}x, "
         f"{summary['size_reduction']:.2f}x smaller, accuracy {summary['best']['accuracy']:.5g} "
@@ -366,6 +459,27 @@ def _run_workers(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def _drop_if_empty(run_dir: Path, cwd: Path) -> None:
+    """Remove a run directory a refused job leaves with nothing in it but Hydra's copy of
+    the config and an empty log (and the date folders above it, if they are left empty)."""
+    import shutil
+
+    if not run_dir.is_dir():
+        return
+    for entry in run_dir.iterdir():
+        if entry.name == ".hydra" or (entry.suffix == ".log" and entry.stat().st_size == 0):
+            continue
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = run_dir.parent
+    while parent != cwd and cwd in parent.parents:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            return
+        parent = parent.parent
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _app(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
@@ -373,7 +487,8 @@ def _app(cfg: DictConfig) -> float | None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     from autoquant.errors import AutoQuantError
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     try:
         if int(cfg.launch.workers) > 1:
             summary = _run_workers(cfg, run_dir)
@@ -383,13 +498,38 @@ def _app(cfg: DictConfig) -> float | None:
         # Bad configuration (a storage that cannot be opened, a study made for another
         # model, ...): the message says what to change; a traceback would bury it.
         print(f"autoquant: {exc}", file=sys.stderr)
+        _drop_if_empty(run_dir, Path(hc.runtime.cwd))
         raise SystemExit(2) from None
+    except SystemExit:
+        _drop_if_empty(run_dir, Path(hc.runtime.cwd))
+        raise
     # Returned to Hydra: a sweeper can optimise over it.
     return float(summary["best"]["latency_ms"])
 
 
 def main() -> None:
     """Console entry point: check the overrides, then hand over to Hydra."""
+    quiet_foreign_warnings()
     register_schemas()
     _check_overrides(sys.argv[1:])
-    _app()
+    if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
+        _help()
+    else:
+        _app()
+
+
+def _help() -> None:
+    """Hydra's --help without the ``*_schema`` entries in the group lists: those are what a
+    group's configs are checked against (ConfigStore entries), not choices."""
+    import contextlib
+    import io
+    import re
+
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            _app()
+    finally:
+        text = buffer.getvalue()
+        text = re.sub(r"(?:, )?\b\w+_schema\b(?=,|$)", "", text, flags=re.M)
+        sys.stdout.write(re.sub(r"^(\w[\w/]*): , ", r"\1: ", text, flags=re.M))

@@ -70,7 +70,8 @@ def supervise(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 _worker_command(cfg, i, run_dir), stdout=sink, stderr=subprocess.STDOUT, env=env
             )
         procs.append((i, proc, out))
-        print(f"worker {i}: pid {proc.pid}, log {out}", flush=True)
+        # Logged (not printed): the supervisor's own log says what it started.
+        log.info("worker %d: pid %d, log %s", i, proc.pid, out)
     (run_dir / "workers.json").write_text(
         json.dumps([{"worker": i, "pid": p.pid, "log": str(o)} for i, p, o in procs], indent=2)
     )
@@ -104,8 +105,11 @@ def supervise(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         if ok:
             summaries.append(json.loads(summary_path.read_text()))
+            log.info("worker %d (pid %d) finished", i, p.pid)
         else:
-            print(f"worker {i} (pid {p.pid}) failed: {_describe_exit(p.returncode)}; see {out}")
+            log.warning(
+                "worker %d (pid %d) failed: %s; see %s", i, p.pid, _describe_exit(p.returncode), out
+            )
     if not summaries:
         raise SystemExit(f"autoquant: all {n} workers failed; see {run_dir}/worker-*.out")
     # The worker that saw the most of the study (the last to finish) has its final view.

@@ -41,6 +41,11 @@ def cached_training(
         model = empty()
         model.load_state_dict(load_file(str(path)))
         return model.eval()
+    import logging
+
+    log = logging.getLogger("autoquant.examples")
+    where = f"; cached at {path} for later runs" if cache else ""
+    log.info("no trained weights yet: training %s once%s", path.stem, where)
     prev_threads = torch.get_num_threads()
     try:
         if threads is not None:

@@ -51,6 +51,12 @@ log = logging.getLogger("autoquant.tracking")
 _BATCH = 100  # params/tags per log_batch call (MLflow's limit)
 _PARENT_ATTR = "autoquant:mlflow_parent"  # study user attr: the parent run of all workers
 _RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# What the experiment is, for MLflow 3's UI (its kind selector; UIs that choose their view
+# by it open the model-training view, runs table and metric charts, not the GenAI one).
+# MLflow 3.17's UI chooses its view from a global setting instead: the CLI prints the
+# run's link with ?workflowType=machine_learning. Values (3.17): genai_development,
+# custom_model_development, finetuning, forecasting, classification.
+_KIND_TAG, _KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def _resolve_uri(uri: str) -> str:
@@ -168,7 +174,9 @@ class MlflowTracker(Tracker):
                 digest = hashlib.sha1(self.experiment.encode("utf-8")).hexdigest()[:8]
                 location = (db.parent / "mlartifacts" / f"{slug}-{digest}").as_uri()
             try:
-                return client.create_experiment(self.experiment, artifact_location=location)
+                return client.create_experiment(
+                    self.experiment, artifact_location=location, tags={_KIND_TAG: _KIND}
+                )
             except MlflowException as exc:  # another process created it meanwhile
                 exp = client.get_experiment_by_name(self.experiment)
                 if exp is None:
@@ -179,6 +187,8 @@ class MlflowTracker(Tracker):
                 "restore it (`mlflow experiments restore`) or choose another "
                 "TrackingConfig.experiment."
             )
+        if _KIND_TAG not in exp.tags:  # made before autoquant set it, or by someone else
+            client.set_experiment_tag(exp.experiment_id, _KIND_TAG, _KIND)
         return exp.experiment_id
 
     def _log_batch(
@@ -449,7 +459,7 @@ class MlflowTracker(Tracker):
         )
         self.model_version = version
         self.model_uri = f"models:/{name}/{version}"
-        _models.move_alias(self._client, name, version, met=result.met)
+        _models.move_alias(self._client, name, version, result=result)
 
     # -- artifacts and the end -----------------------------------------------------------
     def _log_texts(self, run_id: str, files: Mapping[str, str]) -> None:

@@ -10,7 +10,7 @@ importable as long as such models exist.
 What that loader trusts: the model's files come from the tracking server, so the factory
 recorded in them is imported only when the person loading allows it. By default only
 autoquant's bundled example factories (:data:`PYFUNC_TRUSTED_FACTORIES`, the CLI's
-``model=digits|fashion_mnist|fashion_mobilenet|minilm``) are; ``AUTOQUANT_TRUST_FACTORY`` (comma-separated
+``model=digits|breast_cancer|fashion_mnist|fashion_mobilenet|minilm``) are; ``AUTOQUANT_TRUST_FACTORY`` (comma-separated
 module prefixes or ``module:callable`` names, or ``*`` for any) widens it, set by whoever
 runs ``load_model`` for a server they trust. It is an environment variable, not a
 ``model_config`` entry, because the MLmodel file can carry a ``model_config`` of its
@@ -72,6 +72,7 @@ class AutoQuantPyfunc:
 #: (the CLI's model=digits|fashion_mnist|fashion_mobilenet|minilm). Exact names: their modules hold other
 #: zero-argument callables (demo mains) that must not be reachable.
 PYFUNC_TRUSTED_FACTORIES = (
+    "autoquant.examples.breast_cancer:trained_model",
     "autoquant.examples.digits:trained_model",
     "autoquant.examples.fashion_mnist:trained_model",
     "autoquant.examples.fashion_mobilenet:trained_model",

@@ -28,6 +28,8 @@ __all__ = [
     "static_int8",
     "dynamic_int8",
     "weight_only",
+    "bf16",
+    "FLOAT_DTYPES",
 ]
 
 # Name -> (bits, signed). The integer range follows from these (see qparams.quant_range).
@@ -37,6 +39,9 @@ DTYPES: dict[str, tuple[int, bool]] = {
     "int4": (4, True),
     "uint4": (4, False),
 }
+# Float types an op can run in instead of an integer type (approach="bf16"); they have
+# no integer range, so they are kept apart from DTYPES (what the observers quantize to).
+FLOAT_DTYPES: dict[str, tuple[int, bool]] = {"bf16": (16, True)}
 SCHEMES = ("sym", "asym")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl")
@@ -87,7 +92,7 @@ class QuantSpec:
     averaging_constant: float = 0.01
 
     def __post_init__(self) -> None:
-        _choice("QuantSpec", "dtype", self.dtype, list(DTYPES))
+        _choice("QuantSpec", "dtype", self.dtype, [*DTYPES, *FLOAT_DTYPES])
         _choice("QuantSpec", "scheme", self.scheme, SCHEMES)
         _choice("QuantSpec", "granularity", self.granularity, GRANULARITIES)
         _choice("QuantSpec", "observer", self.observer, OBSERVERS)
@@ -127,11 +132,11 @@ class QuantSpec:
 
     @property
     def bits(self) -> int:
-        return DTYPES[self.dtype][0]
+        return {**DTYPES, **FLOAT_DTYPES}[self.dtype][0]
 
     @property
     def signed(self) -> bool:
-        return DTYPES[self.dtype][1]
+        return {**DTYPES, **FLOAT_DTYPES}[self.dtype][1]
 
     def replace(self, **changes: Any) -> QuantSpec:
         return dataclasses.replace(self, **changes)
@@ -214,6 +219,13 @@ class OpConfig:
             raise ConfigError(
                 "OpConfig.weight.granularity='per_group' is only supported with "
                 f"approach='weight_only', but got approach={self.approach!r}."
+            )
+        if (self.approach == "bf16") != (self.weight.dtype in FLOAT_DTYPES):
+            raise ConfigError(
+                f"OpConfig.weight.dtype={self.weight.dtype!r} does not fit "
+                f"approach={self.approach!r}: approach='bf16' runs the op in bfloat16 and "
+                "needs weight.dtype='bf16' (use autoquant.config.bf16()); every other approach "
+                f"quantizes to an integer type {list(DTYPES)}."
             )
         if self.approach == "dynamic":
             act = self.activation
@@ -319,6 +331,12 @@ def weight_only(
     )
 
 
+def bf16() -> OpConfig:
+    """Run the op in bfloat16 (weights and activations), a per-op alternative to fp32 on
+    CPUs with native bf16 (AVX512-BF16/AMX); no integer quantization, no calibration."""
+    return OpConfig(approach="bf16", weight=QuantSpec(dtype="bf16"))
+
+
 # The built-in approaches (names in the order error messages list them). Backends say
 # which of them they can build (autoquant.backends.capability); qat has no preset and no
 # kernel yet, so OpConfig accepts it and every backend refuses it by name.
@@ -326,3 +344,4 @@ register_approach("dynamic", preset=dynamic_int8)
 register_approach("static", needs_calibration=True, preset=static_int8)
 register_approach("weight_only", activations=False, preset=weight_only)
 register_approach("qat")
+register_approach("bf16", activations=False, preset=bf16)

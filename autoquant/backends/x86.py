@@ -46,7 +46,7 @@ from autoquant.backends.fake_quant import (
 from autoquant.backends.registry import register_backend
 from autoquant.config import GRANULARITIES, OBSERVERS, OpConfig
 from autoquant.errors import UnsupportedConfigError
-from autoquant.qparams import QParams
+from autoquant.qparams import QParams, quant_range
 
 if TYPE_CHECKING:
     from autoquant.plan import Plan
@@ -122,6 +122,7 @@ def _build_dynamic_rnn(
                 else (torch.per_tensor_symmetric if sym else torch.per_tensor_affine)
             )
             self.ch_axis = cfg.weight.axis
+            self.quant_min, self.quant_max = quant_range(cfg.weight.dtype, cfg.weight.reduce_range)
             self.qparams: QParams | None = None
 
         def forward(self, w: torch.Tensor) -> torch.Tensor:

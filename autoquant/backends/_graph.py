@@ -70,8 +70,13 @@ def _fold_bn(gm: torch.fx.GraphModule) -> None:
             continue
         with torch.no_grad():
             w, b = torch.nn.utils.fusion.fuse_conv_bn_weights(
-                conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                bn.weight, bn.bias,
+                conv.weight,
+                conv.bias,
+                bn.running_mean,
+                bn.running_var,
+                bn.eps,
+                bn.weight,
+                bn.bias,
             )
             conv.weight, conv.bias = w, b
         node.replace_all_uses_with(src)
@@ -92,7 +97,9 @@ def _const(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def post_op_of(gm: torch.fx.GraphModule, node: torch.fx.Node) -> tuple[str, tuple[float, ...]] | None:
+def post_op_of(
+    gm: torch.fx.GraphModule, node: torch.fx.Node
+) -> tuple[str, tuple[float, ...]] | None:
     """The oneDNN post-op computing ``node`` (a clamp of its first input), or None."""
     args, kwargs = node.args, node.kwargs
     if node.op == "call_module":
@@ -201,5 +208,3 @@ def convert_static(
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
-
-

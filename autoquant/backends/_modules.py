@@ -43,7 +43,9 @@ __all__ = [
 ]
 
 
-def quantize_u8(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+def quantize_u8(
+    x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int
+) -> torch.Tensor:
     """Float -> uint8 with per-tensor qparams (one fused kernel under torch.compile).
 
     ``x * (1/scale)`` rounded half-to-even, as torch's own quantize computes it.
@@ -171,8 +173,19 @@ class DynamicLinear(QuantModule):
                 y = y + self.bias
         else:
             y = torch.ops.onednn.qlinear_pointwise.tensor(
-                q.to(torch.uint8), scale, zp.long(), self._packed, self.w_scales, self.w_zps,
-                self.bias, 1.0, 0, torch.float32, "none", [], "",
+                q.to(torch.uint8),
+                scale,
+                zp.long(),
+                self._packed,
+                self.w_scales,
+                self.w_zps,
+                self.bias,
+                1.0,
+                0,
+                torch.float32,
+                "none",
+                [],
+                "",
             )
         return y.reshape(*lead, self.out_features)
 
@@ -258,8 +271,19 @@ class StaticLinear(_StaticBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q2, lead = _flatten_leading(self.quantize_input(x))
         y = torch.ops.onednn.qlinear_pointwise(
-            q2, self.x_scale, self.x_zp, self._packed, self.w_scales, self.w_zps, self.bias,
-            self.y_scale, self.y_zp, self.y_dtype, self.post_op, list(self.post_args), "",
+            q2,
+            self.x_scale,
+            self.x_zp,
+            self._packed,
+            self.w_scales,
+            self.w_zps,
+            self.bias,
+            self.y_scale,
+            self.y_zp,
+            self.y_dtype,
+            self.post_op,
+            list(self.post_args),
+            "",
         )
         return y.reshape(*lead, self.out_features)
 
@@ -290,15 +314,36 @@ class StaticConv(_StaticBase):
     def _pack(self) -> None:
         self._io_scalars()
         self._packed = torch.ops.onednn.qconv_prepack(
-            self.weight_int, self.w_scales, self.x_scale, self.x_zp,
-            self.stride, self.padding, self.dilation, self.groups, None,
+            self.weight_int,
+            self.w_scales,
+            self.x_scale,
+            self.x_zp,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            None,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ops.onednn.qconv_pointwise(
-            self.quantize_input(x), self.x_scale, self.x_zp, self._packed, self.w_scales,
-            self.w_zps, self.bias, self.stride, self.padding, self.dilation, self.groups,
-            self.y_scale, self.y_zp, self.y_dtype, self.post_op, list(self.post_args), "",
+            self.quantize_input(x),
+            self.x_scale,
+            self.x_zp,
+            self._packed,
+            self.w_scales,
+            self.w_zps,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.y_scale,
+            self.y_zp,
+            self.y_dtype,
+            self.post_op,
+            list(self.post_args),
+            "",
         )
 
 

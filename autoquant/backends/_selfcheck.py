@@ -70,7 +70,9 @@ def op_math(module: nn.Module, qx: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _compare(fqn: str, kernel: str, module: nn.Module, qx: torch.Tensor, out: torch.Tensor) -> Departure:
+def _compare(
+    fqn: str, kernel: str, module: nn.Module, qx: torch.Tensor, out: torch.Tensor
+) -> Departure:
     y = op_math(module, qx)
     if module.output_scale is not None:
         # uint8 output: steps of the op's own output qparams.

@@ -356,5 +356,4 @@ class X86Backend(Backend):
             )
 
 
-
 register_capabilities(X86Backend.name, [*_ROWS, *SIMULATED_ROWS])

@@ -101,9 +101,7 @@ _CASES = [(cap, op_type) for cap in BACKEND.capabilities() for op_type in cap.op
 # The one row torch.ao still runs (its kernel label says so); every other real row must
 # build and run without touching quantized tensors or torch.ao.
 _ON_TORCH_AO = {"LSTM", "GRU"}
-_DEPRECATIONS = (
-    r".*(quantized tensor|quint8|qint8|qint32|torch\.ao|deprecated).*",
-)
+_DEPRECATIONS = (r".*(quantized tensor|quint8|qint8|qint32|torch\.ao|deprecated).*",)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +150,9 @@ def test_static_graph_folds_bn_fuses_relu_and_hands_uint8_between_int8_ops(
     assert info.mode == "graph"
     assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in qmodel.modules())
     static = {n: m for n, m in qmodel.named_modules() if isinstance(m, (StaticConv, StaticLinear))}
-    assert static and all("relu" in info.kernels[n] for n, m in static.items() if m.post_op == "relu")
+    assert static and all(
+        "relu" in info.kernels[n] for n, m in static.items() if m.post_op == "relu"
+    )
     assert any(m.post_op == "relu" for m in static.values())
     # Nothing in the graph calls torch's quantized ops or quantized tensors.
     assert "quantize_per_tensor" not in qmodel.code and "dequantize" not in qmodel.code

@@ -27,6 +27,7 @@ from autoquant.errors import UnsupportedConfigError as UnsupportedConfigError
 _LAZY = {
     "quantize": "autoquant.quantizer",
     "quant_info": "autoquant.quantizer",
+    "deploy": "autoquant.quantizer",
     "save": "autoquant.serialize",
     "load": "autoquant.serialize",
     "calibrate": "autoquant.calibration",
@@ -115,6 +116,7 @@ if TYPE_CHECKING:
     from autoquant.plan import Plan, resolve_plan
     from autoquant.plan import PlanWarning as PlanWarning
     from autoquant.qparams import QParams as QParams
+    from autoquant.quantizer import deploy as deploy
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save
     from autoquant.stats import CalibrationStats as CalibrationStats

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 __all__ = ["trace", "calibration_graph", "convert_static", "post_op_of"]
 
 _CONVS = (nn.Conv1d, nn.Conv2d)
+# Post-ops each oneDNN int8 kernel fuses (measured: conv1d refuses hardtanh).
+FUSABLE = {nn.Linear: ("relu", "hardtanh"), nn.Conv1d: ("relu",), nn.Conv2d: ("relu", "hardtanh")}
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
@@ -173,7 +175,7 @@ def convert_static(
         if len(node.users) == 1:
             (user,) = node.users
             op = post_op_of(gm, user)
-            if op is not None:
+            if op is not None and op[0] in FUSABLE[type(gm.get_submodule(fqn))]:
                 post[fqn], out_node[fqn] = op, user
     by_node = {n: f for f, n in nodes.items()}
     feeds: dict[str, str] = {}  # producer fqn -> the int8 consumer it writes uint8 for

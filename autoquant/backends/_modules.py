@@ -304,6 +304,11 @@ class StaticConv(_StaticBase):
     ) -> None:
         super().__init__()
         self.dims = 1 if isinstance(conv, nn.Conv1d) else 2
+        if self.dims == 1 and post_op[0] not in ("none", "relu"):
+            raise ValueError(
+                f"oneDNN's int8 conv1d fuses only relu, not post_op={post_op[0]!r}; run the "
+                "clamp as a separate op."
+            )
         self.kernel = f"onednn::qconv{self.dims}d_pointwise (static uint8 x int8, plain tensors)"
         self.stride, self.padding = list(conv.stride), list(conv.padding)
         self.dilation, self.groups = list(conv.dilation), conv.groups
@@ -368,6 +373,14 @@ class BF16Op(nn.Module):
         return f"kernel={self.kernel}"
 
 
+@torch.compiler.disable
+def _int8pack_mm(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    # Runs eagerly inside compiled models: Inductor (torch 2.13) fails to lower
+    # _weight_int8pack_mm when its input is a fused pointwise result (AssertionError
+    # on a Pointwise buffer), so the compiled graph breaks around this one call.
+    return torch.ops.aten._weight_int8pack_mm(x, w, scales)
+
+
 class WeightOnlyInt8Linear(QuantModule):
     """int8 symmetric per-channel weights, float activations (``aten._weight_int8pack_mm``)."""
 
@@ -380,9 +393,7 @@ class WeightOnlyInt8Linear(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2, lead = _flatten_leading(x)
-        y = torch.ops.aten._weight_int8pack_mm(
-            x2.contiguous(), self.weight_int, self.weight_scale.to(x2.dtype)
-        )
+        y = _int8pack_mm(x2.contiguous(), self.weight_int, self.weight_scale.to(x2.dtype))
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

@@ -189,7 +189,7 @@ def bench_fashion(rounds: int) -> None:
     new_compiled = aq.deploy(aq.quantize(model, plan, calib), dynamic=False)
     old = _old_static_fx(model, calib)
     fp32_c = _freezing_compile(model)
-    pt2e_eager, pt2e = _pt2e_positional(model, inputs[1], calib)
+    pt2e_eager, pt2e = _pt2e_positional(model, inputs[64], calib)
     models = {
         "fp32 eager": model,
         "fp32 compiled": fp32_c,

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from autoquant.config import (
     APPROACHES,
     DTYPES,
+    FLOAT_DTYPES,
     GRANULARITIES,
     OBSERVERS,
     SCHEMES,
@@ -29,8 +30,8 @@ from autoquant.errors import AutoQuantError, ConfigError
 # (field, bad value, fragments the message must contain besides the field and the value:
 # the allowed values, spelled as the error spells them)
 BAD_SPEC_FIELDS: list[tuple[str, Any, list[str]]] = [
-    ("dtype", "int3", [repr(list(DTYPES))]),
-    ("dtype", None, [repr(list(DTYPES))]),
+    ("dtype", "int3", [repr([*DTYPES, *FLOAT_DTYPES])]),
+    ("dtype", None, [repr([*DTYPES, *FLOAT_DTYPES])]),
     ("scheme", "symmetric", [repr(list(SCHEMES))]),
     ("granularity", "per_row", [repr(list(GRANULARITIES))]),
     ("observer", "histogram", [repr(list(OBSERVERS))]),
@@ -244,6 +245,8 @@ def op_configs(draw: st.DrawFn) -> OpConfig:
     approach = draw(st.sampled_from(APPROACHES))
     if approach == "weight_only":
         return OpConfig(approach=approach, weight=draw(quant_specs()))
+    if approach == "bf16":
+        return OpConfig(approach=approach, weight=draw(quant_specs()).replace(dtype="bf16"))
     weight = draw(quant_specs(allow_group=False))
     activation = draw(quant_specs(allow_group=False))
     if approach == "dynamic":

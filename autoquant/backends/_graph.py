@@ -130,6 +130,50 @@ def post_op_of(
     return None
 
 
+_TRANSPARENT_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.Flatten, nn.Identity)
+_TRANSPARENT_FUNCTIONS = (F.max_pool1d, F.max_pool2d, torch.flatten)
+_TRANSPARENT_METHODS = ("flatten", "view", "reshape", "contiguous")
+
+
+def _is_max_pool(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(str(node.target)), (nn.MaxPool1d, nn.MaxPool2d))
+    return node.op == "call_function" and node.target in (F.max_pool1d, F.max_pool2d)
+
+
+def _transparent(gm: torch.fx.GraphModule, node: torch.fx.Node) -> bool:
+    """Ops that move or select values without computing new ones."""
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        return isinstance(m, _TRANSPARENT_MODULES) and not getattr(m, "return_indices", False)
+    if node.op == "call_function":
+        return node.target in _TRANSPARENT_FUNCTIONS and not node.kwargs.get("return_indices")
+    return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
+
+
+def max_pool_u8(fn: str, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """A max-pool on the uint8 output of an int8 kernel.
+
+    Eager torch 2.13 refuses uint8 max-pools on channels-last tensors (what oneDNN
+    returns), so eager runs it on a contiguous copy; compiled, Inductor pools in place.
+    """
+    if not torch.compiler.is_compiling():
+        x = x.contiguous()
+    pool = F.max_pool1d if fn == "max_pool1d" else F.max_pool2d
+    return pool(x, *args, **kwargs)
+
+
+def _pool_on_uint8(gm: torch.fx.GraphModule, node: torch.fx.Node) -> None:
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        fn = "max_pool1d" if isinstance(m, nn.MaxPool1d) else "max_pool2d"
+        node.args = (fn, node.args[0], m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+        node.kwargs = {}
+    else:
+        node.args = ("max_pool1d" if node.target is F.max_pool1d else "max_pool2d", *node.args)
+    node.op, node.target = "call_function", max_pool_u8
+
+
 def convert_static(
     model: nn.Module,
     plan: Plan,
@@ -179,14 +223,25 @@ def convert_static(
                 post[fqn], out_node[fqn] = op, user
     by_node = {n: f for f, n in nodes.items()}
     feeds: dict[str, str] = {}  # producer fqn -> the int8 consumer it writes uint8 for
+    pools: list[torch.fx.Node] = []  # max-pools that will run on uint8
     for fqn, out in out_node.items():
-        if len(out.users) != 1:
-            continue
-        (user,) = out.users
-        consumer = by_node.get(user)
-        if consumer is not None and user.args[0] is out and len(user.args) == 1:
-            feeds[fqn] = consumer
+        # Through max-pools and reshapes (they commute with rounding, so quantizing
+        # before or after them gives the same integers) to a single static consumer.
+        chain, node = [], out
+        while len(node.users) == 1:
+            (user,) = node.users
+            if user in by_node:
+                if user.args[0] is node and len(user.args) == 1 and not user.kwargs:
+                    feeds[fqn] = by_node[user]
+                    pools += [n for n in chain if _is_max_pool(gm, n)]
+                break
+            if not _transparent(gm, user) or user.args[0] is not node:
+                break
+            chain.append(user)
+            node = user
     int8_in = set(feeds.values())
+    for pool in pools:
+        _pool_on_uint8(gm, pool)
     for fqn, node in nodes.items():
         module = gm.get_submodule(fqn)
         q, qp = quantized_weight(module.weight, plan[fqn])

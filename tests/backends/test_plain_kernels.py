@@ -20,6 +20,7 @@ from torch import nn
 import autoquant as aq
 from autoquant.backends._build import quantized_weight
 from autoquant.backends._modules import DynamicLinear, StaticConv, StaticLinear
+from autoquant.backends._selfcheck import kernel_departures
 from autoquant.config import bf16
 from autoquant.qparams import dequantize, qparams_from_range
 
@@ -126,25 +127,27 @@ def _all_kinds() -> tuple[nn.Module, dict, list[torch.Tensor]]:
             self.bn = nn.BatchNorm2d(8)
             self.conv2 = nn.Conv2d(8, 8, 3, padding=1, groups=8)
             self.fc1 = nn.Linear(8 * 4 * 4, 64)
-            self.fc2 = nn.Linear(64, 32)
-            self.fc3 = nn.Linear(32, 32)
-            self.fc4 = nn.Linear(32, 5)
+            self.fc2 = nn.Linear(64, 64)
+            self.fc3 = nn.Linear(64, 32)
+            self.fc4 = nn.Linear(32, 32)
+            self.fc5 = nn.Linear(32, 5)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             x = F.relu6(self.bn(self.conv(x)))
             x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
             x = torch.relu(self.fc1(x.flatten(1)))
-            return self.fc4(self.fc3(self.fc2(x)))
+            return self.fc5(self.fc4(self.fc3(self.fc2(x))))
 
     x = torch.randn(4, 2, 8, 8)
     model = settle_bn(Net(), x)
     plan = {
         "conv": aq.static_int8(),
         "conv2": aq.static_int8(),
-        "fc1": aq.dynamic_int8(),
-        "fc2": bf16(),
-        "fc3": aq.weight_only("int4", group_size=32),
-        "fc4": aq.weight_only("int8"),
+        "fc1": aq.static_int8(),  # reads conv2's uint8 through max-pool and flatten
+        "fc2": aq.dynamic_int8(),
+        "fc3": bf16(),
+        "fc4": aq.weight_only("int4", group_size=32),
+        "fc5": aq.weight_only("int8"),
     }
     return model, plan, [x, torch.randn(4, 2, 8, 8)]
 
@@ -154,6 +157,14 @@ def test_deployed_model_is_compiled_exact_and_round_trips(tmp_path) -> None:
     eager = aq.quantize(model, plan, calib)
     info = aq.quant_info(eager)
     assert info.execution == "eager" and not info.simulated
+    # uint8 from conv (fused ReLU6) to conv2, and from conv2 (fused ReLU) through the
+    # max-pool and flatten to fc1: no float tensor between int8 ops.
+    assert eager.conv.output_scale is not None and eager.conv2.output_scale is not None
+    assert eager.conv2.int8_input and eager.fc1.int8_input and "max_pool_u8" in eager.code
+    assert all(d.max_steps <= 1 for d in kernel_departures(eager, (calib[0],), {}))
+    with torch.no_grad():
+        ref = model(calib[1])
+        assert (eager(calib[1]) - ref).norm() / ref.norm() < 0.1
     x = torch.randn(3, 2, 8, 8)
     with torch.no_grad():
         want = eager(x)

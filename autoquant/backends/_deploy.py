@@ -22,7 +22,7 @@ from torch import nn
 
 from autoquant.backends.capability import QuantizedModelInfo
 
-__all__ = ["deploy", "EAGER", "COMPILED"]
+__all__ = ["deploy", "undeploy", "compile_frozen", "EAGER", "COMPILED"]
 
 EAGER = "eager"
 COMPILED = "compiled (torch.compile inductor, freezing)"
@@ -39,6 +39,21 @@ def _info(qmodel: nn.Module) -> QuantizedModelInfo:
     return info
 
 
+def compile_frozen(fn: Any, *, dynamic: bool | None = None) -> Any:
+    """``fn`` (a module or its call) compiled the way :func:`deploy` compiles: Inductor
+    with ``freezing=True``, called under ``torch.no_grad``. For timing one op in the
+    deployed execution mode (a per-op latency table) without an ``autoquant_info``."""
+    compiled = torch.compile(fn, dynamic=dynamic)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        # freezing is read from Inductor's config when a graph compiles (first call of a
+        # shape); patch it for those calls only, not for the user's other models.
+        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
+            return compiled(*args, **kwargs)
+
+    return run
+
+
 def deploy(qmodel: nn.Module, *, dynamic: bool | None = None) -> nn.Module:
     """Make ``qmodel`` (from ``quantize``/``load``/``Backend.build``) run compiled, in place.
 
@@ -53,14 +68,7 @@ def deploy(qmodel: nn.Module, *, dynamic: bool | None = None) -> nn.Module:
     """
     info = _info(qmodel)
     qmodel.eval()
-    compiled = torch.compile(qmodel._call_impl, dynamic=dynamic)
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        # freezing is read from Inductor's config when a graph compiles (first call of a
-        # shape); patch it for those calls only, not for the user's other models.
-        with torch.no_grad(), torch._inductor.config.patch(freezing=True):
-            return compiled(*args, **kwargs)
-
+    run = compile_frozen(qmodel._call_impl, dynamic=dynamic)
     # nn.Module.__call__ runs _compiled_call_impl when set (what Module.compile() sets);
     # the module keeps its class, attributes and state_dict keys.
     qmodel._compiled_call_impl = run  # type: ignore[assignment]

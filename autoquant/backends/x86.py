@@ -44,7 +44,7 @@ from autoquant.backends.fake_quant import (
     W_OBSERVERS,
 )
 from autoquant.backends.registry import register_backend
-from autoquant.config import GRANULARITIES, OBSERVERS, OpConfig
+from autoquant.config import OpConfig
 from autoquant.errors import UnsupportedConfigError
 from autoquant.qparams import QParams, quant_range
 
@@ -270,11 +270,9 @@ _ROWS = [
     Capability(
         op_types=("Linear", "Conv1d", "Conv2d"),
         approach="bf16",
-        weight=SpecSupport(
-            dtypes=("bf16",),
-            granularities=GRANULARITIES,
-            observers=OBSERVERS,
-        ),
+        # One canonical spelling (config.bf16()): scheme, granularity and observer mean
+        # nothing for a float type, so the search space gets one bf16 choice, not many.
+        weight=SpecSupport(dtypes=("bf16",), schemes=("sym",), reduce_range=(False,)),
         activation=None,
         kernel=BF16Op.kernel,
         build=_build_bf16,

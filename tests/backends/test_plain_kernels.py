@@ -228,6 +228,19 @@ def test_bf16_is_a_per_op_choice_next_to_int8_and_fp32() -> None:
         aq.OpConfig(approach="static", weight=aq.QuantSpec(dtype="bf16"), activation=aq.QuantSpec(dtype="uint8"))  # fmt: skip
 
 
+def test_the_search_space_offers_bf16_once_per_op() -> None:
+    from autoquant.backends import get_backend
+    from autoquant.discovery import discover
+    from autoquant.tuning.config import TuningConfig
+    from autoquant.tuning.space import SearchSpace
+
+    model = MLP().eval()
+    cfg = TuningConfig(approaches=("dynamic", "bf16"), search=("approach", "observer", "granularity"))  # fmt: skip
+    space = SearchSpace.build(model, discover(model), get_backend("x86"), cfg, calibrated=False)
+    for unit in space.units.values():
+        assert [c for c in unit.configs if c is not None and c.approach == "bf16"] == [bf16()]
+
+
 def test_bf16_on_a_cpu_without_it_is_refused_with_a_reason(monkeypatch) -> None:
     import autoquant.backends.x86 as x86
 

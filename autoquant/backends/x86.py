@@ -135,6 +135,10 @@ def _build_dynamic_rnn(
             assert self.qparams is not None, "weight observer never saw the weight"
             return self.qparams.scale, self.qparams.zero_point
 
+    engines = torch.backends.quantized.supported_engines
+    if torch.backends.quantized.engine not in ("x86", "fbgemm") and "x86" in engines:
+        # The RNN's packed weights are engine specific; pack them for x86.
+        torch.backends.quantized.engine = "x86"
     float_copy = copy.deepcopy(module)
     float_copy.qconfig = QConfig(
         activation=PlaceholderObserver.with_args(dtype=torch.quint8, is_dynamic=True),

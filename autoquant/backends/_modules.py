@@ -157,20 +157,23 @@ class DynamicLinear(QuantModule):
         lo, hi = torch.aminmax(x)
         lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
         scale = (hi - lo) / qmax
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zp = torch.clamp(torch.round(-lo / scale), 0, qmax)
-        return scale, zp
+        scale = torch.where(scale > 0, scale, 1.0)
+        # -lo / scale lies in [0, qmax]: no clamp needed.
+        return scale, torch.round(-lo / scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Few ops, in place where possible: eagerly (tuning-time evaluation) each op
+        # costs a dispatch; compiled, they fuse into one or two kernels either way.
         x2, lead = _flatten_leading(x.float())
         qmax = 127 if self.reduce_range else 255
         scale, zp = self.input_qparams(x2)
-        q = torch.clamp(torch.round(x2 / scale) + zp, 0, qmax)
+        q = torch.round(x2 / scale).add_(zp).clamp_(0, qmax)
         if x2.shape[0] <= _INT_MM_MAX_ROWS:
-            acc = torch._int_mm((q - 128).to(torch.int8), self.weight_t)
-            y = (acc - (zp - 128).to(torch.int32) * self.col_sum).float() * (scale * self.w_scales)
+            acc = torch._int_mm(q.sub_(128).to(torch.int8), self.weight_t)
+            acc.sub_((zp - 128).to(torch.int32) * self.col_sum)
+            y = acc.float().mul_(scale * self.w_scales)
             if self.bias is not None:
-                y = y + self.bias
+                y.add_(self.bias)
         else:
             y = torch.ops.onednn.qlinear_pointwise.tensor(
                 q.to(torch.uint8),

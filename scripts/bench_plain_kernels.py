@@ -142,6 +142,9 @@ def bench_minilm(rounds: int) -> None:
     assert len(aq.quant_info(new_eager).kernels) == 36
     new_compiled = aq.deploy(aq.quantize(model, plan), dynamic=False)
     old = _old_dynamic(model).eval()
+    static = aq.quantize(model, {"Linear": aq.static_int8()}, calib)
+    static_mode = aq.quant_info(static).mode
+    aq.deploy(static, dynamic=False)
     fp32_c = _freezing_compile(model)
     pt2e_eager, pt2e = _pt2e(model, inputs[64], calib)
     models: dict[str, Callable[..., Any]] = {
@@ -150,6 +153,7 @@ def bench_minilm(rounds: int) -> None:
         "old eager (fbgemm quantized::linear_dynamic)": old,
         "new eager (plain tensors)": new_eager,
         "new compiled (aq.deploy)": new_compiled,
+        f"new compiled, static int8 instead ({static_mode} mode)": static,
         "PT2E + X86InductorQuantizer + compile": pt2e,
     }
     quality = {}

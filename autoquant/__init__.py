@@ -27,6 +27,7 @@ from autoquant.errors import UnsupportedConfigError as UnsupportedConfigError
 _LAZY = {
     "quantize": "autoquant.quantizer",
     "quant_info": "autoquant.quantizer",
+    "deploy": "autoquant.quantizer",
     "save": "autoquant.serialize",
     "load": "autoquant.serialize",
     "calibrate": "autoquant.calibration",
@@ -122,6 +123,7 @@ if TYPE_CHECKING:
     from autoquant.qat import convert as convert
     from autoquant.qat import prepare_qat as prepare_qat
     from autoquant.qparams import QParams as QParams
+    from autoquant.quantizer import deploy as deploy
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save
     from autoquant.stats import CalibrationStats as CalibrationStats

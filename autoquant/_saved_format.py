@@ -28,6 +28,7 @@ PLAN, TENSORS, META, CHECKSUMS = "plan.yaml", "tensors.safetensors", "meta.json"
 CHECKED_FILES = (PLAN, META, TENSORS)
 
 MODES = ("graph", "module", "eager")
+EXECUTIONS = ("eager", "compiled (torch.compile inductor, freezing)")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _MODULE_RE = re.compile(rf"{_IDENT}(\.{_IDENT})*")
 _FACTORY_RE = re.compile(rf"({_IDENT}(?:\.{_IDENT})*):({_IDENT})")
@@ -183,7 +184,9 @@ def validate_meta(meta: Any, src: Path, backends: Iterable[str]) -> dict[str, An
         "state",
         "state_versions",
     } | ({"tensors_sha256", "tensors_bytes"} if version == 1 else set())
-    unknown = sorted(set(meta) - expected)
+    # Written since issue 10 (how the saved model ran); older version-2 files lack it.
+    optional = {"execution"}
+    unknown = sorted(set(meta) - expected - optional)
     missing = sorted(expected - set(meta))
     if unknown or missing:
         raise SerializationError(
@@ -210,6 +213,10 @@ def validate_meta(meta: Any, src: Path, backends: Iterable[str]) -> dict[str, An
             ("'tensors_sha256'", isinstance(meta["tensors_sha256"], str) and bool(_HEX64.fullmatch(meta["tensors_sha256"])), "a sha256 hex digest"),
             ("'tensors_bytes'", type(meta["tensors_bytes"]) is int and meta["tensors_bytes"] >= 0, "a byte count"),
         ]  # fmt: skip
+    if "execution" in meta:
+        checks.append(
+            ("'execution'", meta["execution"] in EXECUTIONS, f"one of {list(EXECUTIONS)}")
+        )
     for key, ok, allowed in checks:
         if not ok:
             raise _bad(src, key, meta[key.strip("'")], allowed)
@@ -340,8 +347,6 @@ def qparam_rules(qmodel: torch.nn.Module) -> dict[str, tuple[int, int] | None]:
 
     Known from the quantized modules themselves (autoquant's, torch's, and the
     ``quantize_per_tensor`` calls of torch.fx graphs), never from the files."""
-    from torch.ao.nn.quantized.modules.utils import WeightedQuantizedModule
-
     rules: dict[str, tuple[int, int] | None] = {}
     quint8 = _ZP_RANGE["torch.quint8"]
     for prefix, mod in qmodel.named_modules():
@@ -349,7 +354,7 @@ def qparam_rules(qmodel: torch.nn.Module) -> dict[str, tuple[int, int] | None]:
         own = dict(mod.named_buffers(recurse=False))
         quantized = getattr(type(mod), "__module__", "").startswith(
             ("autoquant.backends", "torch.ao.nn.quantized", "torch.ao.nn.intrinsic.quantized")
-        ) or isinstance(mod, WeightedQuantizedModule)
+        )
         if quantized:
             for name, buf in own.items():
                 if name.endswith("scale") and buf.is_floating_point():
@@ -362,7 +367,8 @@ def qparam_rules(qmodel: torch.nn.Module) -> dict[str, tuple[int, int] | None]:
                 if name in own and isinstance(lo, int) and isinstance(hi, int):
                     rules[at + name] = (lo, hi)
             if type(mod).__name__.startswith("Static") and "output_zero_point" in own:
-                rules[at + "input_zero_point"] = rules[at + "output_zero_point"] = quint8
+                # uint8 hand-off to the next int8 op: a zero point of the uint8 range.
+                rules[at + "output_zero_point"] = quint8
             if type(mod).__module__.startswith("torch.ao") and isinstance(
                 getattr(mod, "zero_point", None), int
             ):

@@ -29,6 +29,9 @@ __all__ = [
     "static_int8",
     "dynamic_int8",
     "weight_only",
+    "bf16",
+    "SCALED_FLOAT_DTYPES",
+    "RUN_IN_FLOAT_DTYPES",
 ]
 
 # Name -> (bits, signed). The integer range follows from these (see qparams.quant_range).
@@ -38,11 +41,14 @@ DTYPES: dict[str, tuple[int, bool]] = {
     "int4": (4, True),
     "uint4": (4, False),
 }
-# Scaled low-precision float formats (same (bits, signed) form). Kept apart from DTYPES,
-# which is integer-only: quant_range, the integer observers and the simulated rows read
-# DTYPES, and none of them applies to a float format. fp8_e4m3 is
-# torch.float8_e4m3fn: one scale per tensor/row, values clamped to +-448, no zero point.
-FLOAT_DTYPES: dict[str, tuple[int, bool]] = {"fp8_e4m3": (8, True)}
+# Float types next to the integer DTYPES (same (bits, signed) form), kept apart because
+# quant_range, the integer observers and the simulated rows read DTYPES only.
+# - fp8_e4m3: a *scaled* float format (torch.float8_e4m3fn, one scale per tensor/row,
+#   values clamped to +-448, no zero point), run by the cuda backend's fp8 rows.
+# - bf16: the type an op runs in instead of an integer type (approach="bf16"), no scale.
+SCALED_FLOAT_DTYPES: dict[str, tuple[int, bool]] = {"fp8_e4m3": (8, True)}
+RUN_IN_FLOAT_DTYPES: dict[str, tuple[int, bool]] = {"bf16": (16, True)}
+FLOAT_DTYPES: dict[str, tuple[int, bool]] = {**SCALED_FLOAT_DTYPES, **RUN_IN_FLOAT_DTYPES}
 SCHEMES = ("sym", "asym")
 GRANULARITIES = ("per_tensor", "per_channel", "per_group")
 OBSERVERS = ("minmax", "moving_average", "percentile", "mse", "kl")
@@ -121,7 +127,7 @@ class QuantSpec:
                 f"got group_size={self.group_size!r} with granularity={self.granularity!r}. "
                 "Drop group_size or set granularity='per_group'."
             )
-        if self.dtype in FLOAT_DTYPES and (self.scheme != "sym" or self.reduce_range):
+        if self.dtype in SCALED_FLOAT_DTYPES and (self.scheme != "sym" or self.reduce_range):
             raise ConfigError(
                 f"QuantSpec.dtype={self.dtype!r} is a scaled float format: it needs "
                 f"scheme='sym' and reduce_range=False, but got scheme={self.scheme!r}, "
@@ -228,6 +234,14 @@ class OpConfig:
             raise ConfigError(
                 "OpConfig.weight.granularity='per_group' is only supported with "
                 f"approach='weight_only', but got approach={self.approach!r}."
+            )
+        if (self.approach == "bf16") != (self.weight.dtype in RUN_IN_FLOAT_DTYPES):
+            raise ConfigError(
+                f"OpConfig.weight.dtype={self.weight.dtype!r} does not fit "
+                f"approach={self.approach!r}: approach='bf16' runs the op in bfloat16 and "
+                "needs weight.dtype='bf16' (use autoquant.config.bf16()); every other approach "
+                f"quantizes to an integer type {list(DTYPES)} or a scaled float type "
+                f"{list(SCALED_FLOAT_DTYPES)}."
             )
         if self.approach == "dynamic":
             act = self.activation
@@ -336,6 +350,12 @@ def weight_only(
     )
 
 
+def bf16() -> OpConfig:
+    """Run the op in bfloat16 (weights and activations), a per-op alternative to fp32 on
+    CPUs with native bf16 (AVX512-BF16/AMX); no integer quantization, no calibration."""
+    return OpConfig(approach="bf16", weight=QuantSpec(dtype="bf16"))
+
+
 # The built-in approaches (names in the order error messages list them). Backends say
 # which of them they can build (autoquant.backends.capability); qat has no preset and no
 # kernel yet, so OpConfig accepts it and every backend refuses it by name.
@@ -343,3 +363,4 @@ register_approach("dynamic", preset=dynamic_int8)
 register_approach("static", needs_calibration=True, preset=static_int8)
 register_approach("weight_only", activations=False, preset=weight_only)
 register_approach("qat")
+register_approach("bf16", activations=False, preset=bf16)

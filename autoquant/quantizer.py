@@ -17,7 +17,7 @@ from autoquant.plan import Plan, PlanWarning, resolve_plan
 if TYPE_CHECKING:
     from autoquant.stats import CalibrationStats
 
-__all__ = ["quantize", "quant_info"]
+__all__ = ["quantize", "quant_info", "deploy"]
 
 
 def quantize(
@@ -30,6 +30,7 @@ def quantize(
     max_samples: int = 100,
     allow_saturation: bool = False,
     self_check: bool = True,
+    compile: bool = False,
 ) -> nn.Module:
     """Return a new model whose planned ops run quantized; ``model`` is never modified.
 
@@ -52,6 +53,11 @@ def quantize(
             model and refuse (:class:`~autoquant.errors.QuantizationError`) any integer
             op whose output departs from the plan's math by more than a few
             quantization steps (:mod:`autoquant.backends._selfcheck`).
+        compile: return the deployed form (:func:`deploy`: ``torch.compile`` with
+            Inductor and frozen weights, compiled at the first call of each input
+            shape, which takes seconds; outputs equal the eager model's). False (the
+            default) returns the eager model, on the same integer kernels; deploy it
+            later with :func:`deploy`.
 
     The result carries ``autoquant_info`` (see :func:`quant_info`): which kernel runs each
     op and which ops are simulated.
@@ -96,7 +102,24 @@ def quantize(
         from autoquant.backends._selfcheck import verify_kernels
 
         verify_kernels(qmodel, *check_batch)
+    if compile:
+        deploy(qmodel)
     return qmodel
+
+
+def deploy(qmodel: nn.Module, *, dynamic: bool | None = None) -> nn.Module:
+    """Make a model built by autoquant run compiled (Inductor, frozen weights), in place.
+
+    Returns ``qmodel`` itself: same class, attributes and ``state_dict`` keys; its calls
+    go through ``torch.compile`` under ``torch.no_grad`` and ``quant_info(qmodel)
+    .execution`` says ``"compiled (torch.compile inductor, freezing)"``. Each new input
+    shape compiles once (seconds); outputs equal the eager model's. ``dynamic`` goes to
+    ``torch.compile``. Weights are frozen at the first call: after changing them, call
+    :func:`deploy` again. See :mod:`autoquant.backends._deploy`.
+    """
+    from autoquant.backends._deploy import deploy as _deploy
+
+    return _deploy(qmodel, dynamic=dynamic)
 
 
 def _peek_batch(data: Any) -> tuple[Any, tuple[tuple[Any, ...], dict[str, Any]] | None]:

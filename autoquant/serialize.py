@@ -215,6 +215,7 @@ def save(
         "plan_hash": info.plan.hash,
         "kernels": info.kernels,
         "simulated": list(info.simulated),
+        "execution": info.execution,
         "model_factory": model_factory,
         "state": tree,
         "state_versions": versions,
@@ -363,6 +364,7 @@ def load(
     model: nn.Module | Callable[[], nn.Module] | None = None,
     *,
     trust_factory: TrustFactory = False,
+    compile: bool | None = None,
 ) -> nn.Module:
     """Rebuild a model saved by :func:`save`; its outputs equal the saved model's.
 
@@ -377,6 +379,9 @@ def load(
             iterable of strings: an allow-list, each entry a module prefix (``"mypkg"``
             allows ``mypkg.models:build``, not ``mypkg_x:build``) or an exact
             ``"module:callable"``. Ignored when ``model`` is given.
+        compile: run the loaded model compiled (:func:`autoquant.deploy`: Inductor,
+            frozen weights, recompiled here from the plan and tensors, never loaded as
+            code). None (default): as it ran when saved (``quant_info().execution``).
 
     Raises:
         SerializationError: a file is missing, fails its checksum or holds anything but
@@ -448,4 +453,10 @@ def load(
         raise SerializationError(
             f"the saved state does not fit the model rebuilt from the given architecture: {exc}"
         ) from exc
+    if compile is None:
+        compile = meta.get("execution", "eager") != "eager"
+    if compile:
+        from autoquant.quantizer import deploy
+
+        deploy(qmodel)
     return qmodel

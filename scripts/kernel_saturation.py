@@ -22,7 +22,6 @@ warnings.filterwarnings("ignore")
 
 def main() -> None:
     torch.set_num_threads(1)
-    torch.backends.quantized.engine = "x86"
     print(
         "| kernel | shape | activations | max error (output steps; exact max = 100) | saturates |"
     )

@@ -51,9 +51,9 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] &&
 fi
 
 rm -f "$STAMP"
-echo "scripts/setup.sh: installing $TORCH_SPEC, then autoquant[dev] (editable) into .venv"
+echo "scripts/setup.sh: installing $TORCH_SPEC, then autoquant[dev,bench] (editable) into .venv"
 read -r -a torch_args <<<"$TORCH_SPEC"
 "$PY" -m pip install -q "${torch_args[@]}"
-"$PY" -m pip install -q -e ".[dev]"
+"$PY" -m pip install -q -e ".[dev,bench]"
 "$PY" -I -c 'import torch, autoquant' # fail here, not in the first test, if it is broken
 echo "$want" >"$STAMP"

@@ -245,6 +245,8 @@ def op_configs(draw: st.DrawFn) -> OpConfig:
     approach = draw(st.sampled_from(APPROACHES))
     if approach == "weight_only":
         return OpConfig(approach=approach, weight=draw(quant_specs()))
+    if approach == "bf16":
+        return OpConfig(approach=approach, weight=draw(quant_specs()).replace(dtype="bf16"))
     weight = draw(quant_specs(allow_group=False))
     activation = draw(quant_specs(allow_group=False))
     if approach == "dynamic":

@@ -135,6 +135,6 @@ def test_observers_change_activation_qparams() -> None:
         pct = aq.static_int8(observer="percentile")
         pct = pct.replace(activation=pct.activation.replace(percentile=99.9))
         q_pc = aq.quantize(model, {"fc1": pct}, stats=stats)
-    scale_mm = float(q_mm.fc1_input_scale_0)
-    scale_pc = float(q_pc.fc1_input_scale_0)
+    scale_mm = float(q_mm.fc1.input_scale)
+    scale_pc = float(q_pc.fc1.input_scale)
     assert scale_pc < scale_mm / 4  # the percentile observer clips the outlier

@@ -332,24 +332,10 @@ def saved_static(tmp_path: Path) -> Path:
     return aq.save(qmodel, tmp_path / "s")
 
 
-def _qtensor_nodes(meta: dict) -> list[dict]:
-    found, stack = [], list(meta["state"].values())
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack += node
-        elif isinstance(node, dict):
-            if node.get("kind") == "qtensor":
-                found.append(node)
-            stack += [v for v in node.values() if isinstance(v, (dict, list))]
-    return found
-
-
-def _set_qdtype(dtype: str) -> Callable[[dict], None]:
-    def edit(meta: dict) -> None:
-        _qtensor_nodes(meta)[0]["dtype"] = dtype
-
-    return edit
+def _tensor_node(meta: dict, key: str) -> dict:
+    node = meta["state"][key]
+    assert node["kind"] == "tensor", node
+    return node
 
 
 @pytest.mark.parametrize(
@@ -367,12 +353,10 @@ def _set_qdtype(dtype: str) -> Callable[[dict], None]:
         (lambda m: m.pop("state"), r"lacks \['state'\]"),
         (lambda m: m.update(state_versions={"fc1": {"version": "1"}}), "state_versions"),
         (lambda m: m.update(state_versions={"os": {"version": 1}}), "names module 'os'"),
-        (_set_qdtype("torch.quint8"), r"is 'torch.quint8', but the model rebuilt from plan.yaml has 'torch.qint8'"),
-        (_set_qdtype("torch.float128"), r"is 'torch.float128', but the model rebuilt"),
-        (_set_qdtype({"kind": "scalar"}), r"but the model rebuilt"),
-        (lambda m: _qtensor_nodes(m)[0].update(qscheme="torch.per_tensor_affine"), r"qscheme'\] is 'torch.per_tensor_affine'"),
-        (lambda m: _qtensor_nodes(m)[0].update(name="../../etc"), r"\['name'\] is '../../etc'"),
-        (lambda m: _qtensor_nodes(m)[0].update(kind="os.system"), r"\['kind'\] is 'os.system'"),
+        (lambda m: _tensor_node(m, "fc1.weight_int").update(name="../../etc"), r"\['name'\] is '../../etc'"),
+        (lambda m: _tensor_node(m, "fc1.weight_int").update(kind="os.system"), r"\['kind'\] is 'os.system'"),
+        (lambda m: m["state"].update({"fc1.weight_int": {"kind": "scalar", "value": 1}}), r"state\['fc1.weight_int'\] has unexpected key\(s\) \['value'\]"),
+        (lambda m: m.update(execution="pickle"), r"'execution' must be one of"),
     ],
 )  # fmt: skip
 def test_edited_meta_is_refused_with_a_message(saved_static: Path, edit, message: str) -> None:
@@ -427,19 +411,19 @@ def _first(tensors: dict[str, torch.Tensor], suffix: str) -> str:
     ("edit", "message"),
     [
         # wrong shape: one output channel fewer
-        (lambda t: t.update({(k := _first(t, ".int_repr")): t[k][:-1]}), r"of shape \(63, 64\), but .* needs torch.int8 of shape \(64, 64\)"),
+        (lambda t: t.update({"fc1.weight_int": t["fc1.weight_int"][:-1]}), r"of shape \(63, 64\), but .* needs torch.int8 of shape \(64, 64\)"),
         # wrong dtype
-        (lambda t: t.update({(k := _first(t, ".int_repr")): t[k].int()}), r"is torch.int32 .* needs torch.int8"),
-        (lambda t: t.pop(_first(t, ".int_repr")), r"lacks \["),
+        (lambda t: t.update({"fc1.weight_int": t["fc1.weight_int"].int()}), r"is torch.int32 .* needs torch.int8"),
+        (lambda t: t.pop("fc1.weight_int"), r"lacks \["),
         (lambda t: t.update(extra=torch.zeros(1)), r"unexpected tensor\(s\) \['extra'\]"),
-        (lambda t: t[_first(t, ".scale")].fill_(-1.0), r"has scale -1.0; scales must be finite and positive"),
-        (lambda t: t[_first(t, ".scale")].fill_(float("nan")), r"has scale nan"),
-        (lambda t: t[_first(t, "int_repr").replace("int_repr", "zero_point")].fill_(1000), r"outside torch.qint8's range \[-128, 127\]"),
-        # the activations' qparams (plain tensors of the graph and of the quantized Linear)
-        (lambda t: t["fc1_input_scale_0"].fill_(0.0), r"'fc1_input_scale_0' has scale 0.0"),
-        (lambda t: t["fc1_input_zero_point_0"].fill_(-3), r"'fc1_input_zero_point_0' has zero points in \[-3, -3\], outside the range \[0, 255\]"),
-        (lambda t: t["fc2.scale"].fill_(float("inf")), r"'fc2.scale' has scale inf"),
-        (lambda t: t["fc2.zero_point"].fill_(256), r"'fc2.zero_point' has zero points in \[256, 256\]"),
+        (lambda t: t["fc1.weight_scale"].fill_(-1.0), r"has scale -1.0; scales must be finite and positive"),
+        (lambda t: t["fc1.weight_scale"].fill_(float("nan")), r"has scale nan"),
+        (lambda t: t["fc1.output_zero_point"].fill_(-1), r"'fc1.output_zero_point' has zero points in \[-1, -1\], outside the range \[0, 255\]"),
+        # the activations' qparams (plain tensors of the quantized Linear)
+        (lambda t: t["fc1.input_scale"].fill_(0.0), r"'fc1.input_scale' has scale 0.0"),
+        (lambda t: t["fc1.input_zero_point"].fill_(-3), r"'fc1.input_zero_point' has zero points in \[-3, -3\], outside the range \[0, 255\]"),
+        (lambda t: t["fc2.input_scale"].fill_(float("inf")), r"'fc2.input_scale' has scale inf"),
+        (lambda t: t["fc2.input_zero_point"].fill_(256), r"'fc2.input_zero_point' has zero points in \[256, 256\]"),
     ],
 )  # fmt: skip
 def test_edited_tensors_are_refused_with_a_message(saved_static: Path, edit, message: str) -> None:

@@ -1,9 +1,16 @@
-"""Quantized replacement modules that call integer kernels directly (no torch.ao).
+"""Quantized replacement modules that call integer kernels on plain tensors.
+
+No quantized tensor (``torch.qint8``/``quint8``) and no ``torch.ao`` is involved: the
+static and dynamic ops call oneDNN's int8 kernels (``torch.ops.onednn.qlinear_pointwise``,
+``qconv*_pointwise``) and ``torch._int_mm`` on ``uint8``/``int8`` tensors with float
+scales, the same kernels Inductor lowers PT2E graphs to, so a built model also runs
+under ``torch.compile`` (see :mod:`autoquant.backends._deploy`).
 
 Every module keeps its integer weights and qparams as plain buffers, so ``state_dict``
 holds ordinary tensors (safe to store with safetensors and to load with
-``weights_only``); kernel-specific packed forms are rebuilt from those buffers after
-construction and after ``load_state_dict``.
+``weights_only``); kernel-specific packed forms (oneDNN's opaque weight tensors) are
+rebuilt from those buffers after construction, after ``load_state_dict`` and on
+``deepcopy``.
 
 Each class states its ``kernel`` and whether it is ``simulated`` (fake-quant in float),
 which the backend records in the model's metadata.
@@ -11,8 +18,8 @@ which the backend records in the model's metadata.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import warnings
 from typing import Any
 
 import torch
@@ -30,34 +37,20 @@ __all__ = [
     "WeightOnlyInt8Linear",
     "WeightOnlyInt4Linear",
     "WeightOnlyEmbedding",
+    "BF16Op",
     "SimulatedOp",
-    "to_torch_qtensor",
+    "quantize_u8",
 ]
 
 
-def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    # torch 2.13 warns on every quantized-tensor creation that the API is deprecated; we
-    # know, and the warning would flood users' logs once per layer.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=UserWarning)
-        return fn(*args, **kwargs)
+def quantize_u8(
+    x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int
+) -> torch.Tensor:
+    """Float -> uint8 with per-tensor qparams (one fused kernel under torch.compile).
 
-
-def to_torch_qtensor(q: torch.Tensor, qp: QParams) -> torch.Tensor:
-    """Wrap our integer weight as a torch quantized tensor (what fbgemm's prepack takes)."""
-    tdtype = torch.qint8 if qp.qmin < 0 else torch.quint8
-    ints = q.to(torch.int8 if tdtype == torch.qint8 else torch.uint8)
-    if qp.axis is None:
-        return _quiet(
-            torch._make_per_tensor_quantized_tensor, ints, float(qp.scale), int(qp.zero_point)
-        )
-    return _quiet(
-        torch._make_per_channel_quantized_tensor,
-        ints,
-        qp.scale.double(),
-        qp.zero_point.long(),
-        qp.axis,
-    )
+    ``x * (1/scale)`` rounded half-to-even, as torch's own quantize computes it.
+    """
+    return torch.clamp(torch.round(x * (1.0 / scale) + zero_point), qmin, qmax).to(torch.uint8)
 
 
 def _flatten_leading(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -70,6 +63,8 @@ class QuantModule(nn.Module):
 
     kernel: str = ""
     simulated: bool = False
+    # Attributes rebuilt by _pack (oneDNN's packed weights cannot be deep-copied).
+    _PACKED: tuple[str, ...] = ()
 
     def _register_weight(
         self, q: torch.Tensor, qp: QParams, store_dtype: torch.dtype, source: nn.Module
@@ -99,26 +94,44 @@ class QuantModule(nn.Module):
     def _pack(self) -> None:
         """Rebuild kernel-specific packed weights from the buffers (no-op by default)."""
 
-    def _linear_prepack(self) -> Any:
-        qweight = to_torch_qtensor(self.weight_int, self.weight_qparams())
-        return torch.ops.quantized.linear_prepack(qweight, self.bias)
+    def _channel_scales(self) -> torch.Tensor:
+        """One float scale per output channel (oneDNN takes a vector even per tensor)."""
+        n = self.weight_int.shape[0]
+        return self.weight_scale.float().reshape(-1).expand(n).contiguous()
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(*args, **kwargs)
         self._pack()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> QuantModule:
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k not in self._PACKED:
+                new.__dict__[k] = copy.deepcopy(v, memo)
+        new._pack()
+        return new
+
     def extra_repr(self) -> str:
         return f"kernel={self.kernel}" + (", simulated" if self.simulated else "")
 
 
-class DynamicLinear(QuantModule):
-    """int8 weights, activations quantized per call (fbgemm ``quantized::linear_dynamic``).
+# Rows at or below this many use torch._int_mm (+ a fused integer epilogue), above it
+# oneDNN's qlinear: measured at 384x384 and 384x1536, 1 thread, compiled (the report
+# of issue 10): _int_mm is ~1.5x faster at 32 rows, oneDNN ~1.6x faster at 2048.
+_INT_MM_MAX_ROWS = 256
 
-    Calls the op directly so ``reduce_range`` is ours to choose: torch.ao's dynamic
-    Linear hard-codes ``reduce_range=True``, which costs accuracy on every CPU.
+
+class DynamicLinear(QuantModule):
+    """int8 weights, activations quantized per call to uint8 from their min/max.
+
+    ``reduce_range`` is ours to choose (torch.ao's dynamic Linear hard-codes it). The
+    integer product runs on ``torch._int_mm`` for few rows and on oneDNN's
+    ``qlinear_pointwise`` for many; both accumulate exactly in int32.
     """
 
-    kernel = "quantized::linear_dynamic"
+    kernel = "onednn::qlinear_pointwise / aten._int_mm (dynamic uint8 x int8, plain tensors)"
+    _PACKED = ("_packed",)
 
     def __init__(
         self, linear: nn.Linear, q: torch.Tensor, qp: QParams, *, reduce_range: bool
@@ -130,54 +143,156 @@ class DynamicLinear(QuantModule):
         self._pack()
 
     def _pack(self) -> None:
-        self._packed = self._linear_prepack()
+        self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int, None)
+        # _int_mm wants int8 x int8; the uint8 activation shifts by 128 and its zero
+        # point with it, corrected by the weight's column sums.
+        self.weight_t = self.weight_int.t().contiguous()
+        self.col_sum = self.weight_int.sum(1, dtype=torch.int32)
+        self.w_scales = self._channel_scales()
+        self.w_zps = torch.zeros(self.out_features, dtype=torch.long)
+
+    def input_qparams(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-call (scale, zero point) of ``x``: asymmetric, range widened to hold 0."""
+        qmax = 127 if self.reduce_range else 255
+        lo, hi = torch.aminmax(x)
+        lo, hi = lo.clamp(max=0.0), hi.clamp(min=0.0)
+        scale = (hi - lo) / qmax
+        scale = torch.where(scale > 0, scale, 1.0)
+        # -lo / scale lies in [0, qmax]: no clamp needed.
+        return scale, torch.round(-lo / scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.quantized.linear_dynamic(x, self._packed, self.reduce_range)
+        # Few ops, in place where possible: eagerly (tuning-time evaluation) each op
+        # costs a dispatch; compiled, they fuse into one or two kernels either way.
+        x2, lead = _flatten_leading(x.float())
+        qmax = 127 if self.reduce_range else 255
+        scale, zp = self.input_qparams(x2)
+        q = torch.round(x2 / scale).add_(zp).clamp_(0, qmax)
+        if x2.shape[0] <= _INT_MM_MAX_ROWS:
+            acc = torch._int_mm(q.sub_(128).to(torch.int8), self.weight_t)
+            acc.sub_((zp - 128).to(torch.int32) * self.col_sum)
+            y = acc.float().mul_(scale * self.w_scales)
+            if self.bias is not None:
+                y.add_(self.bias)
+        else:
+            y = torch.ops.onednn.qlinear_pointwise.tensor(
+                q.to(torch.uint8),
+                scale,
+                zp.long(),
+                self._packed,
+                self.w_scales,
+                self.w_zps,
+                self.bias,
+                1.0,
+                0,
+                torch.float32,
+                "none",
+                [],
+                "",
+            )
+        return y.reshape(*lead, self.out_features)
+
+
+# Post-ops oneDNN fuses into the kernel: (name, scalars) for relu and clamps.
+PostOp = tuple[str, tuple[float, ...]]
 
 
 class _StaticBase(QuantModule):
-    """Quantize the input with calibrated qparams, run the int8 op, dequantize the output.
+    """Quantize the input with calibrated qparams (or take it already as uint8), run the
+    int8 kernel with its fused post-op, and return float, or uint8 in the next op's
+    input qparams when it is int8 too (requantization fused into the kernel).
 
-    Used when the model cannot be traced: each op is its own quantized island.
+    ``post_op``: ``("none", ())``, ``("relu", ())`` or ``("hardtanh", (lo, hi))``.
     """
 
-    def _register_io(self, in_qp: QParams, out_qp: QParams) -> None:
+    _PACKED = ("_packed",)
+
+    def _register_io(
+        self,
+        in_qp: QParams,
+        out_qp: QParams | None,
+        post_op: PostOp,
+        int8_input: bool,
+    ) -> None:
         for name, qp in (("input", in_qp), ("output", out_qp)):
+            if qp is None:
+                self.register_buffer(f"{name}_scale", None)
+                self.register_buffer(f"{name}_zero_point", None)
+                continue
             self.register_buffer(f"{name}_scale", qp.scale.reshape(()).clone().float())
             self.register_buffer(f"{name}_zero_point", qp.zero_point.reshape(()).clone().long())
+        self.in_qmin, self.in_qmax = in_qp.qmin, in_qp.qmax
+        self.post_op, self.post_args = post_op[0], tuple(float(a) for a in post_op[1])
+        self.int8_input = int8_input
 
-    def _quantize_input(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.quantize_per_tensor(
-            x.float(), float(self.input_scale), int(self.input_zero_point), torch.quint8
-        )
+    def _io_scalars(self) -> None:
+        # Python numbers: torch.compile treats them as constants (no graph break).
+        self.x_scale, self.x_zp = float(self.input_scale), int(self.input_zero_point)
+        if self.output_scale is None:
+            self.y_scale, self.y_zp, self.y_dtype = 1.0, 0, torch.float32
+        else:
+            self.y_scale, self.y_zp = float(self.output_scale), int(self.output_zero_point)
+            self.y_dtype = torch.uint8
+        self.w_scales = self._channel_scales()
+        self.w_zps = torch.zeros(self.weight_int.shape[0], dtype=torch.long)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The uint8 input the kernel sees (``x`` itself when it arrives as uint8)."""
+        if self.int8_input:
+            return x
+        return quantize_u8(x.float(), self.x_scale, self.x_zp, self.in_qmin, self.in_qmax)
+
+    def extra_repr(self) -> str:
+        io = f"in={'uint8' if self.int8_input else 'float'}, out={'uint8' if self.output_scale is not None else 'float'}"
+        return f"kernel={self.kernel}, post_op={self.post_op}, {io}"
 
 
 class StaticLinear(_StaticBase):
-    kernel = "quantized::linear"
+    kernel = "onednn::qlinear_pointwise (static uint8 x int8, plain tensors)"
 
     def __init__(
-        self, linear: nn.Linear, q: torch.Tensor, qp: QParams, in_qp: QParams, out_qp: QParams
+        self,
+        linear: nn.Linear,
+        q: torch.Tensor,
+        qp: QParams,
+        in_qp: QParams,
+        out_qp: QParams | None = None,
+        *,
+        post_op: PostOp = ("none", ()),
+        int8_input: bool = False,
     ) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self._register_weight(q, qp, torch.int8, linear)
-        self._register_io(in_qp, out_qp)
+        self._register_io(in_qp, out_qp, post_op, int8_input)
         self._pack()
 
     def _pack(self) -> None:
-        self._packed = self._linear_prepack()
+        self._io_scalars()
+        self._packed = torch.ops.onednn.qlinear_prepack(self.weight_int, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qx = _quiet(self._quantize_input, x)
-        y = torch.ops.quantized.linear(
-            qx, self._packed, float(self.output_scale), int(self.output_zero_point)
+        q2, lead = _flatten_leading(self.quantize_input(x))
+        y = torch.ops.onednn.qlinear_pointwise(
+            q2,
+            self.x_scale,
+            self.x_zp,
+            self._packed,
+            self.w_scales,
+            self.w_zps,
+            self.bias,
+            self.y_scale,
+            self.y_zp,
+            self.y_dtype,
+            self.post_op,
+            list(self.post_args),
+            "",
         )
-        return y.dequantize()
+        return y.reshape(*lead, self.out_features)
 
 
 class StaticConv(_StaticBase):
-    """Conv1d / Conv2d on fbgemm's quantized conv kernels."""
+    """Conv1d / Conv2d on oneDNN's int8 conv (``onednn::qconv_pointwise``)."""
 
     def __init__(
         self,
@@ -185,34 +300,88 @@ class StaticConv(_StaticBase):
         q: torch.Tensor,
         qp: QParams,
         in_qp: QParams,
-        out_qp: QParams,
+        out_qp: QParams | None = None,
+        *,
+        post_op: PostOp = ("none", ()),
+        int8_input: bool = False,
     ) -> None:
         super().__init__()
         self.dims = 1 if isinstance(conv, nn.Conv1d) else 2
-        self.kernel = f"quantized::conv{self.dims}d"
-        self.stride, self.padding = conv.stride, conv.padding
-        self.dilation, self.groups = conv.dilation, conv.groups
-        self._register_weight(q, qp, torch.int8, conv)
-        self._register_io(in_qp, out_qp)
+        if self.dims == 1 and post_op[0] not in ("none", "relu"):
+            raise ValueError(
+                f"oneDNN's int8 conv1d fuses only relu, not post_op={post_op[0]!r}; run the "
+                "clamp as a separate op."
+            )
+        self.kernel = f"onednn::qconv{self.dims}d_pointwise (static uint8 x int8, plain tensors)"
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self._register_weight(q.reshape(conv.weight.shape), qp, torch.int8, conv)
+        self._register_io(in_qp, out_qp, post_op, int8_input)
         self._pack()
 
     def _pack(self) -> None:
-        qweight = to_torch_qtensor(self.weight_int, self.weight_qparams())
-        prepack = getattr(torch.ops.quantized, f"conv{self.dims}d_prepack")
-        self._packed = prepack(
-            qweight,
-            self.bias,
-            list(self.stride),
-            list(self.padding),
-            list(self.dilation),
+        self._io_scalars()
+        self._packed = torch.ops.onednn.qconv_prepack(
+            self.weight_int,
+            self.w_scales,
+            self.x_scale,
+            self.x_zp,
+            self.stride,
+            self.padding,
+            self.dilation,
             self.groups,
+            None,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        qx = _quiet(self._quantize_input, x)
-        op = getattr(torch.ops.quantized, f"conv{self.dims}d")
-        y = op(qx, self._packed, float(self.output_scale), int(self.output_zero_point))
-        return y.dequantize()
+        return torch.ops.onednn.qconv_pointwise(
+            self.quantize_input(x),
+            self.x_scale,
+            self.x_zp,
+            self._packed,
+            self.w_scales,
+            self.w_zps,
+            self.bias,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.y_scale,
+            self.y_zp,
+            self.y_dtype,
+            self.post_op,
+            list(self.post_args),
+            "",
+        )
+
+
+class BF16Op(nn.Module):
+    """Linear / Conv in bfloat16 (oneDNN's AVX512-BF16 kernels); float32 in and out.
+
+    A per-op alternative to fp32 for ops int8 hurts too much: half the weight bytes and
+    the CPU's bf16 dot products, with bf16's 8-bit mantissa as the only loss.
+    """
+
+    kernel = "aten linear/conv in bfloat16 (oneDNN AVX512-BF16)"
+    simulated = False
+
+    def __init__(self, op: nn.Module) -> None:
+        super().__init__()
+        self.op = copy.deepcopy(op).to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(x.to(torch.bfloat16)).float()
+
+    def extra_repr(self) -> str:
+        return f"kernel={self.kernel}"
+
+
+@torch.compiler.disable
+def _int8pack_mm(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    # Runs eagerly inside compiled models: Inductor (torch 2.13) fails to lower
+    # _weight_int8pack_mm when its input is a fused pointwise result (AssertionError
+    # on a Pointwise buffer), so the compiled graph breaks around this one call.
+    return torch.ops.aten._weight_int8pack_mm(x, w, scales)
 
 
 class WeightOnlyInt8Linear(QuantModule):
@@ -227,9 +396,7 @@ class WeightOnlyInt8Linear(QuantModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2, lead = _flatten_leading(x)
-        y = torch.ops.aten._weight_int8pack_mm(
-            x2.contiguous(), self.weight_int, self.weight_scale.to(x2.dtype)
-        )
+        y = _int8pack_mm(x2.contiguous(), self.weight_int, self.weight_scale.to(x2.dtype))
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

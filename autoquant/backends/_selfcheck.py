@@ -25,19 +25,8 @@ from torch import nn
 
 from autoquant.errors import QuantizationError
 
-__all__ = ["Departure", "kernel_departures", "verify_kernels", "MAX_STEPS"]
+__all__ = ["Departure", "kernel_departures", "verify_kernels", "op_math", "MAX_STEPS"]
 
-# Module classes whose math the check knows (torch.ao's and autoquant's static ops).
-_CHECKED = {
-    "Conv1d",
-    "Conv2d",
-    "Linear",
-    "ConvReLU1d",
-    "ConvReLU2d",
-    "LinearReLU",
-    "StaticConv",
-    "StaticLinear",
-}
 MAX_STEPS = 4  # more than this many output steps away from the math is a kernel fault
 
 
@@ -61,62 +50,44 @@ class Departure:
         )
 
 
-def _op_math(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The float math of a torch quantized conv/linear (fused ReLU included), or None."""
-    import torch.ao.nn.intrinsic.quantized as nniq
-    import torch.ao.nn.quantized as nnq
+def op_math(module: nn.Module, qx: torch.Tensor) -> torch.Tensor:
+    """Float math of one of our static modules on the uint8 input ``qx`` it received:
+    dequantized input times dequantized weight plus bias, then its fused post-op."""
+    from autoquant.backends._modules import StaticLinear
+    from autoquant.qparams import dequantize
 
-    if not isinstance(module, (nnq.Conv1d, nnq.Conv2d, nnq.Linear)):
-        return None
-    w = module.weight().dequantize()
-    b = module.bias()
-    if isinstance(module, (nnq.Conv1d, nnq.Conv2d)):
-        if module.padding_mode != "zeros":
-            return None
-        conv = F.conv1d if isinstance(module, nnq.Conv1d) else F.conv2d
-        y = conv(x, w, b, module.stride, module.padding, module.dilation, module.groups)
-    elif isinstance(module, nnq.Linear):
-        y = F.linear(x, w, b)
+    x = (qx.float() - module.x_zp) * module.x_scale
+    w = dequantize(module.weight_int, module.weight_qparams()).float()
+    if isinstance(module, StaticLinear):
+        y = F.linear(x, w, module.bias)
     else:
-        return None
-    if isinstance(module, (nniq.ConvReLU1d, nniq.ConvReLU2d, nniq.LinearReLU)):
+        conv = F.conv1d if module.dims == 1 else F.conv2d
+        y = conv(x, w, module.bias, module.stride, module.padding, module.dilation, module.groups)
+    if module.post_op == "relu":
         y = F.relu(y)
+    elif module.post_op == "hardtanh":
+        y = torch.clamp(y, *module.post_args)
     return y
 
 
-def _ours_math(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, float, int] | None:
-    """Math of autoquant's own static modules (module mode): input, float op, out qparams."""
-    from autoquant.backends._modules import StaticConv, StaticLinear
-    from autoquant.qparams import dequantize
-
-    if not isinstance(module, (StaticConv, StaticLinear)):
-        return None
-    qx = torch.quantize_per_tensor(
-        x.float(), float(module.input_scale), int(module.input_zero_point), torch.quint8
-    ).dequantize()
-    w = dequantize(module.weight_int, module.weight_qparams()).float()
-    if isinstance(module, StaticLinear):
-        y = F.linear(qx, w, module.bias)
-    else:
-        conv = F.conv1d if module.dims == 1 else F.conv2d
-        y = conv(qx, w, module.bias, module.stride, module.padding, module.dilation, module.groups)
-    return y, float(module.output_scale), int(module.output_zero_point)
-
-
 def _compare(
-    fqn: str,
-    kernel: str,
-    real_q: torch.Tensor,
-    y: torch.Tensor,
-    scale: float,
-    zp: int,
-    qmin: int,
-    qmax: int,
+    fqn: str, kernel: str, module: nn.Module, qx: torch.Tensor, out: torch.Tensor
 ) -> Departure:
-    math_q = torch.clamp(torch.round(y / scale) + zp, qmin, qmax)
-    diff = (real_q.float() - math_q).abs()
-    real = (real_q.float() - zp) * scale
-    rounded = (math_q - zp) * scale
+    y = op_math(module, qx)
+    if module.output_scale is not None:
+        # uint8 output: steps of the op's own output qparams.
+        scale, zp = module.y_scale, module.y_zp
+        math_q = torch.clamp(torch.round(y / scale) + zp, 0, 255)
+        diff = (out.float() - math_q).abs()
+        real = (out.float() - zp) * scale
+        rounded = (math_q - zp) * scale
+    else:
+        # float output (the kernel dequantizes): steps of a 255-level grid over the
+        # output's range, as if it were quantized.
+        scale = float(y.max() - y.min()) / 255 or 1.0
+        real = out.float()
+        diff = (real - y).abs() / scale
+        rounded = y
     norm = float(y.norm()) or 1.0
     return Departure(
         fqn=fqn,
@@ -132,6 +103,8 @@ def kernel_departures(
     qmodel: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> list[Departure]:
     """Run one batch through ``qmodel`` and measure every static integer op against its math."""
+    from autoquant.backends._modules import StaticConv, StaticLinear
+
     info = getattr(qmodel, "autoquant_info", None)
     kernels = dict(getattr(info, "kernels", {}) or {})
     found: list[Departure] = []
@@ -141,42 +114,16 @@ def kernel_departures(
         def run(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             if not inputs or not isinstance(inputs[0], torch.Tensor):
                 return
-            x, kernel = inputs[0], kernels.get(fqn, type(module).__name__)
-            if x.is_quantized and isinstance(output, torch.Tensor) and output.is_quantized:
-                y = _op_math(module, x.dequantize())
-                if y is not None:
-                    found.append(
-                        _compare(
-                            fqn,
-                            kernel,
-                            output.int_repr(),
-                            y,
-                            output.q_scale(),
-                            output.q_zero_point(),
-                            0,
-                            255,
-                        )
-                    )
-            elif not x.is_quantized:
-                ours = _ours_math(module, x)
-                if ours is not None:
-                    y, scale, zp = ours
-                    real_q = torch.round(output / scale) + zp
-                    found.append(_compare(fqn, kernel, real_q, y, scale, zp, 0, 255))
+            qx = module.quantize_input(inputs[0])
+            kernel = kernels.get(fqn, module.kernel)
+            found.append(_compare(fqn, kernel, module, qx, output))
 
         return run
 
     try:
         for fqn, module in qmodel.named_modules():
-            if fqn and type(module).__module__.startswith(
-                (
-                    "torch.ao.nn.quantized.modules",
-                    "torch.ao.nn.intrinsic.quantized",
-                    "autoquant.backends._modules",
-                )
-            ):
-                if type(module).__name__ in _CHECKED:
-                    handles.append(module.register_forward_hook(hook(fqn)))
+            if fqn and isinstance(module, (StaticConv, StaticLinear)):
+                handles.append(module.register_forward_hook(hook(fqn)))
         if not handles:
             return found  # no static integer op: nothing to check, no forward pass
         with torch.no_grad():

@@ -220,9 +220,9 @@ class Backend:
                 continue
             target, source = fqn, model.get_submodule(fqn)
             if mode == "graph":
+                # The graph's copy: BN folding may have changed its weights.
                 target = self.graph_target(qmodel, fqn)
-                if target != fqn:
-                    source = qmodel.get_submodule(target)
+                source = qmodel.get_submodule(target)
             key = (fqn, plan[fqn])
             reusable = reuse is not None and target == fqn
             new = reuse.modules.get(key) if reusable else None

@@ -164,7 +164,9 @@ class QuantizedModelInfo:
     the ops executed as fake-quant (their latency is not quantized speed); ``mode`` is
     ``graph`` (torch.fx: quantize/dequantize only at region borders, fusions applied),
     ``module`` (each op its own quantized island) or ``eager`` (no static ops);
-    ``stat_keys`` are the calibration statistics the build read.
+    ``stat_keys`` are the calibration statistics the build read; ``execution`` is
+    ``"eager"`` (as built) or ``"compiled (torch.compile inductor, freezing)"`` once
+    deployed (:func:`autoquant.deploy`).
     """
 
     plan: Plan
@@ -174,6 +176,7 @@ class QuantizedModelInfo:
     simulated: tuple[str, ...]
     stat_keys: tuple[str, ...]
     notes: tuple[str, ...] = ()
+    execution: str = "eager"
 
 
 @dataclass

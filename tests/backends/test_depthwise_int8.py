@@ -2,8 +2,10 @@
 
 Real kernels on an inverted residual and on a conv-BN-ReLU6 -> depthwise pair whose
 pre-activation range is mostly negative: activation qparams come after the clamp (every
-spelling), depthwise convs get 7-bit activations (their fbgemm kernel adds pairs in
-int16), and the build self-check refuses a kernel that departs from the math.
+spelling). Since issue 10 the kernels are oneDNN's on plain tensors, which are exact at
+full uint8 range, depthwise included (scripts/kernel_saturation.py), so depthwise convs
+keep full-range activations; the build self-check still refuses a kernel that departs
+from the math.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 from _models import ConvReLU6Depthwise, InvertedResidual, mostly_negative
 from torch import nn
 
 import autoquant as aq
 from autoquant.backends import get_backend
+from autoquant.backends._build import set_submodule
+from autoquant.backends._modules import StaticConv
 from autoquant.backends._saturation import probe_kernels
-from autoquant.backends._selfcheck import kernel_departures
+from autoquant.backends._selfcheck import kernel_departures, op_math
 from autoquant.backends.base import module_kinds
 from autoquant.backends.x86 import SaturationWarning
 
@@ -32,8 +35,9 @@ def _data(c: int = 24) -> tuple[list[torch.Tensor], torch.Tensor]:
 
 
 class _ConvMath(nn.Module):
-    """A built quantized conv's math on float kernels: dequantized input and weight,
-    float conv (+ fused ReLU), rounded with the op's own output qparams."""
+    """A built int8 conv's math on float kernels: the uint8 input it really gets,
+    dequantized, times its dequantized weight, its fused post-op, and the output
+    rounded with the op's own output qparams when it hands uint8 on."""
 
     def __init__(self, q: nn.Module) -> None:
         super().__init__()
@@ -41,18 +45,10 @@ class _ConvMath(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.q
-        y = F.conv2d(
-            x.dequantize(),
-            q.weight().dequantize(),
-            q.bias(),
-            q.stride,
-            q.padding,
-            q.dilation,
-            q.groups,
-        )
-        if "ReLU" in type(q).__name__:
-            y = F.relu(y)
-        return torch.quantize_per_tensor(y, q.scale, q.zero_point, torch.quint8)
+        y = op_math(q, q.quantize_input(x))
+        if q.output_scale is None:
+            return y
+        return torch.clamp(torch.round(y / q.y_scale) + q.y_zp, 0, 255).to(torch.uint8)
 
 
 def _plan_math(qmodel: nn.Module) -> nn.Module:
@@ -61,8 +57,8 @@ def _plan_math(qmodel: nn.Module) -> nn.Module:
 
     ref = copy.deepcopy(qmodel)
     for name, module in list(ref.named_modules()):
-        if type(module).__module__.startswith("torch.ao.nn") and hasattr(module, "weight"):
-            setattr(ref, name, _ConvMath(module))
+        if isinstance(module, StaticConv):
+            set_submodule(ref, name, _ConvMath(module))
     return ref
 
 
@@ -103,37 +99,37 @@ def test_real_kernels_match_the_math_for_every_observer(make, reduce_range) -> N
 def test_every_relu6_spelling_folds_into_the_producers_qparams(act) -> None:
     model = mostly_negative(InvertedResidual(act=act))
     calib, _ = _data()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SaturationWarning)
-        q = aq.quantize(model, {"Conv2d": aq.static_int8()}, calib)
-    # The expand conv's output is quantized with ReLU6's [0, max] range: zero point 0,
-    # not the pre-activation range's ~180, so the depthwise conv sees 0..127.
-    assert q.expand.zero_point == 0
+    q = aq.quantize(model, {"Conv2d": aq.static_int8()}, calib)
+    # Every spelling of ReLU6 is fused into the expand conv, which hands uint8 to the
+    # depthwise conv in ReLU6's [0, max] range: zero point 0, not the pre-activation
+    # range's ~180.
+    assert q.expand.post_op == "hardtanh" and q.expand.post_args == (0.0, 6.0)
+    assert q.dw.int8_input and q.expand.y_zp == 0
     stats = aq.calibrate(model, calib)
     hi = max(float(v.max) for k, v in stats.stats.items() if k.startswith("node:"))
-    assert q.expand.scale < hi / 127  # far finer than the pre-activation range allows
+    assert q.expand.y_scale < hi / 127  # far finer than the pre-activation range allows
 
 
-def test_depthwise_convs_get_reduce_range_unless_the_user_asks_otherwise() -> None:
+def test_depthwise_convs_keep_full_range_on_the_exact_kernels() -> None:
     model = mostly_negative(InvertedResidual())
     calib, _ = _data()
-    with pytest.warns(SaturationWarning, match=r"\['dw'\]"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SaturationWarning)
         q = aq.quantize(model, {"Conv2d": aq.static_int8()}, calib)
     plan = aq.quant_info(q).plan
-    assert plan["dw"].activation.reduce_range and not plan["expand"].activation.reduce_range
-    # The depthwise conv's input (the expand conv's output, through ReLU6) uses 7 bits.
+    assert not plan["dw"].activation.reduce_range
+    # The depthwise conv's input (the expand conv's uint8 output) uses all 8 bits.
     seen = {}
     q.dw.register_forward_hook(lambda mod, args, out: seen.update(x=args[0]))
     with torch.no_grad():
         q(calib[0])
-    assert int(seen["x"].int_repr().max()) <= 127
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", SaturationWarning)
-        kept = aq.quantize(model, {"Conv2d": aq.static_int8()}, calib, allow_saturation=True)
-    assert not aq.quant_info(kept).plan["dw"].activation.reduce_range
+    assert seen["x"].dtype == torch.uint8 and int(seen["x"].max()) > 127
+    (d,) = [d for d in kernel_departures(q, (calib[0],), {}) if d.fqn == "dw"]
+    assert d.max_steps <= 1
 
 
 def _saturating() -> tuple[nn.Module, list[torch.Tensor]]:
+    """The depthwise conv fbgemm's int16 pair sums overflowed on (before issue 10)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(144, 144, 3, padding=1, groups=144)).eval()
     with torch.no_grad():
@@ -141,58 +137,60 @@ def _saturating() -> tuple[nn.Module, list[torch.Tensor]]:
     return model, [torch.rand(4, 144, 8, 8) * 0.3 + 0.7 for _ in range(2)]
 
 
-def test_self_check_refuses_a_saturating_build() -> None:
+def test_self_check_passes_the_former_worst_case_and_refuses_a_faulty_kernel() -> None:
+    from autoquant.backends._selfcheck import verify_kernels
+
     model, calib = _saturating()
-    with pytest.raises(aq.QuantizationError, match=r"op '0' \(kernel .*Conv2d.*quantization steps"):
-        aq.quantize(model, {"Conv2d": aq.static_int8()}, calib, allow_saturation=True)
-    # The same plan with reduce_range (the default for depthwise) builds and is exact.
-    with pytest.warns(SaturationWarning):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SaturationWarning)
         q = aq.quantize(model, {"Conv2d": aq.static_int8()}, calib)
     (d,) = kernel_departures(q, (calib[0],), {})
     assert d.max_steps <= 1
-    # Opting out of the check returns the faulty model (for diagnosis).
-    bad = aq.quantize(
-        model, {"Conv2d": aq.static_int8()}, calib, allow_saturation=True, self_check=False
+    # A kernel that computes something else (its packed weight swapped for another
+    # op's) is refused by the check on real data.
+    conv = q.get_submodule("0")
+    conv.weight_int.copy_(torch.flip(conv.weight_int, dims=[0]))
+    conv._packed = torch.ops.onednn.qconv_prepack(
+        conv.weight_int,
+        conv.w_scales,
+        conv.x_scale,
+        conv.x_zp,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        None,
     )
-    (d,) = kernel_departures(bad, (calib[0],), {})
-    assert d.max_steps > 20 and d.rel_error > 10 * d.expected_rel_error
+    conv.weight_int.copy_(torch.flip(conv.weight_int, dims=[0]))
+    with pytest.raises(aq.QuantizationError, match=r"op '0' \(kernel .*qconv.*quantization steps"):
+        verify_kernels(q, (calib[0],), {})
 
 
 def test_self_check_reads_a_generator_once() -> None:
     model, calib = _saturating()
-    with pytest.warns(SaturationWarning):
-        q = aq.quantize(model, {"Conv2d": aq.static_int8()}, (b for b in calib))
+    q = aq.quantize(model, {"Conv2d": aq.static_int8()}, (b for b in calib))
     assert aq.quant_info(q).kernels
 
 
 def test_capability_rows_agree_with_the_measured_kernels() -> None:
     backend = get_backend("x86")
     rows = probe_kernels()
-    for row in rows:
-        if row.activation.endswith("reduce_range"):
-            assert not row.saturates, row  # 7-bit activations never overflow
-    # Measured saturating kernels are exactly the depthwise convs the table names.
-    sat = {r.shape for r in rows if r.saturates}
-    assert sat and all("depthwise" in s for s in sat)
-    (cap,) = [c for c in backend.capabilities() if c.saturates]
-    assert cap.op_types == ("Conv2d",) and cap.saturates == ("depthwise",)
+    assert rows and not [r for r in rows if r.saturates], [r for r in rows if r.saturates]
+    # No measured kernel saturates, so no row claims to.
+    assert not [c for c in backend.capabilities() if c.saturates]
     assert module_kinds(nn.Conv2d(8, 8, 3, groups=8)) == {"depthwise"}
     assert module_kinds(nn.Conv2d(8, 8, 3, groups=2)) == {"grouped"}
 
 
-def test_the_tuner_never_proposes_full_range_for_depthwise() -> None:
+def test_the_tuner_proposes_full_range_for_depthwise_on_exact_kernels() -> None:
     from autoquant.discovery import discover
     from autoquant.tuning.config import TuningConfig
     from autoquant.tuning.space import SearchSpace
 
     model = mostly_negative(InvertedResidual())
     backend = get_backend("x86")
-    for tie in ("op", "op_type"):
-        cfg = TuningConfig(search=("approach", "observer", "reduce_range"), tie=tie)
-        space = SearchSpace.build(model, discover(model), backend, cfg, calibrated=True)
-        dw_units = [u for u in space.units.values() if "dw" in u.fqns]
-        assert len(dw_units) == 1
-        statics = [c for c in dw_units[0].configs if c is not None and c.approach == "static"]
-        assert statics and all(c.activation.reduce_range for c in statics)
-        others = [u for u in space.units.values() if "expand" in u.fqns][0]
-        assert any(c is not None and not c.activation.reduce_range for c in others.configs)
+    cfg = TuningConfig(search=("approach", "observer", "reduce_range"), tie="op")
+    space = SearchSpace.build(model, discover(model), backend, cfg, calibrated=True)
+    (dw_unit,) = [u for u in space.units.values() if "dw" in u.fqns]
+    statics = [c for c in dw_unit.configs if c is not None and c.approach == "static"]
+    assert any(not c.activation.reduce_range for c in statics)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -81,15 +82,26 @@ def _model_for(op_type: str) -> tuple[nn.Module, tuple[torch.Tensor, ...], str]:
     raise AssertionError(op_type)
 
 
-# Kernel evidence: an op name that must show up in the profile for each real kernel.
+# Kernel evidence: an op name that must show up in the profile for each real kernel
+# (the dynamic row runs _int_mm for the 8-row test input, oneDNN's qlinear above 256).
 _EVIDENCE = {
-    "quantized::linear_dynamic": "quantized::linear_dynamic",
-    "aten._weight_int8pack_mm": "aten::_weight_int8pack_mm",
-    "aten._weight_int4pack_mm_for_cpu": "aten::_weight_int4pack_mm_for_cpu",
-    "quantized::quantized_lstm/gru (dynamic int8)": "aten::quantized_",
-    "embedding gather on int8/int4 table": "aten::embedding",
+    ("static", "Linear"): "onednn::qlinear_pointwise",
+    ("static", "Conv1d"): "onednn::qconv",
+    ("static", "Conv2d"): "onednn::qconv",
+    ("dynamic", "Linear"): "aten::_int_mm",
+    ("weight_only", "Linear"): "aten::_weight_int",
+    ("weight_only", "Embedding"): "aten::embedding",
+    ("dynamic", "LSTM"): "aten::quantized_",
+    ("dynamic", "GRU"): "aten::quantized_",
+    ("bf16", "Linear"): "aten::linear",
+    ("bf16", "Conv1d"): "aten::conv1d",
+    ("bf16", "Conv2d"): "aten::conv2d",
 }
 _CASES = [(cap, op_type) for cap in BACKEND.capabilities() for op_type in cap.op_types]
+# The one row torch.ao still runs (its kernel label says so); every other real row must
+# build and run without touching quantized tensors or torch.ao.
+_ON_TORCH_AO = {"LSTM", "GRU"}
+_DEPRECATIONS = (r".*(quantized tensor|quint8|qint8|qint32|torch\.ao|deprecated).*",)
 
 
 @pytest.mark.parametrize(
@@ -100,52 +112,57 @@ def test_every_capability_builds_and_runs(cap: Capability, op_type: str) -> None
     cfg = _config_for(cap, op_type)
     before = copy.deepcopy(model.state_dict())
     calib = [args[0]] * 2
-    qmodel = aq.quantize(model, {fqn: cfg}, calib)
-    info = aq.quant_info(qmodel)
-    assert (fqn in info.simulated) == cap.simulated
-    ran = _profiled_ops(qmodel, *args)
+    with warnings.catch_warnings():
+        if not cap.simulated and op_type not in _ON_TORCH_AO:
+            # torch 2.13 deprecates quantized tensors and torch.ao: none may be touched.
+            for message in _DEPRECATIONS:
+                warnings.filterwarnings("error", message=message)
+            warnings.filterwarnings("error", category=DeprecationWarning)
+        qmodel = aq.quantize(model, {fqn: cfg}, calib)
+        info = aq.quant_info(qmodel)
+        assert (fqn in info.simulated) == cap.simulated
+        ran = _profiled_ops(qmodel, *args)
+        with torch.no_grad():
+            ref, out = model(*args), qmodel(*args)
     if cap.simulated:
-        assert not any(name.startswith("quantized::") for name in ran)
-    elif cap.approach == "static":
-        assert any(name.startswith("quantized::") for name in ran), ran
-        assert info.kernels[fqn].startswith("x86 int8 engine")
+        assert not any(name.startswith(("quantized::", "onednn::q")) for name in ran)
     else:
-        evidence = _EVIDENCE[cap.kernel]
+        evidence = _EVIDENCE[(cap.approach, op_type)]
         assert any(name.startswith(evidence) for name in ran), (evidence, sorted(ran))
+        if op_type not in _ON_TORCH_AO:
+            assert not any(name.startswith("quantized::") for name in ran), sorted(ran)
     # The quantized model still computes the same function, approximately.
-    with torch.no_grad():
-        ref, out = model(*args), qmodel(*args)
     rel = (out - ref).norm() / ref.norm()
     bits = min(cfg.weight.bits, cfg.activation.bits if cfg.activation else 8)
-    assert rel < (0.05 if bits == 8 else 0.35), rel
+    assert rel < (0.05 if bits >= 8 else 0.35), rel
     # The input model is untouched.
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_static_graph_folds_bn_fuses_relu_and_quantizes_only_at_borders(
+def test_static_graph_folds_bn_fuses_relu_and_hands_uint8_between_int8_ops(
     digits_model: nn.Module, digits_data: dict, digits_calib: list
 ) -> None:
+    from autoquant.backends._modules import StaticConv, StaticLinear
+
     qmodel = aq.quantize(digits_model, {"default": aq.static_int8()}, digits_calib)
     info = aq.quant_info(qmodel)
     assert info.mode == "graph"
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in qmodel.modules())
-    names = {type(m).__name__ for m in qmodel.modules()}
-    assert "ConvReLU2d" in names and "LinearReLU" in names, names
-    quantize_nodes = [
-        n
-        for n in qmodel.graph.nodes
-        if n.op == "call_function" and n.target is torch.quantize_per_tensor
-    ]
-    dequantize_nodes = [n for n in qmodel.graph.nodes if n.target == "dequantize"]
-    # Every op is quantized, residual add and pooling included: one quantize at the
-    # input, one dequantize at the output, nothing in between.
-    assert len(quantize_nodes) == 1 and len(dequantize_nodes) == 1, qmodel.code
-    assert "torch.ops.quantized.add" in qmodel.code
-    # Keeping conv2 in float puts the borders around it (and the add it feeds).
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.ReLU)) for m in qmodel.modules())
+    static = {n: m for n, m in qmodel.named_modules() if isinstance(m, (StaticConv, StaticLinear))}
+    assert static and all(
+        "relu" in info.kernels[n] for n, m in static.items() if m.post_op == "relu"
+    )
+    assert any(m.post_op == "relu" for m in static.values())
+    # Nothing in the graph calls torch's quantized ops or quantized tensors.
+    assert "quantize_per_tensor" not in qmodel.code and "dequantize" not in qmodel.code
+    # Where an int8 op feeds another directly, the tensor between them is uint8.
+    for name, m in static.items():
+        if m.output_scale is not None:
+            assert any(o.int8_input for o in static.values()), name
+    # Keeping conv2 in float leaves it a float conv.
     partial = aq.quantize(digits_model, {"default": aq.static_int8(), "conv2": None}, digits_calib)
-    assert isinstance(partial.get_submodule("conv2")[0], nn.Conv2d)
-    assert len([n for n in partial.graph.nodes if n.target == "dequantize"]) == 2
+    assert isinstance(partial.get_submodule("conv2"), nn.Conv2d)
     acc_fp32 = aq_accuracy(digits_model, digits_data)
     acc_int8 = aq_accuracy(qmodel, digits_data)
     assert acc_int8 >= acc_fp32 - 0.01, (acc_fp32, acc_int8)
@@ -182,7 +199,8 @@ def test_untraceable_model_falls_back_to_module_mode_and_says_so() -> None:
     assert info.mode == "module"
     assert any("cannot trace" in note for note in info.notes)
     ran = _profiled_ops(qmodel, x)
-    assert "quantized::conv2d" in ran and "quantized::linear" in ran
+    assert any(r.startswith("onednn::qconv") for r in ran), ran
+    assert "onednn::qlinear_pointwise" in ran, ran
     rel = (qmodel(x) - model(x)).norm() / model(x).norm()
     assert rel < 0.05
 

@@ -11,7 +11,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
+from autoquant.config import (
+    OpConfig,
+    QuantSpec,
+    dynamic_int8,
+    prune_only,
+    static_int8,
+    weight_only,
+)
+from autoquant.pruning.spec import PruneSpec
 
 # Importable from here, not in __all__: the "X as X" form marks them as re-exports.
 from autoquant.errors import AutoQuantError
@@ -49,6 +57,8 @@ _LAZY = {
     "get_backend": "autoquant.backends",
     "register_backend": "autoquant.backends",
     "tune": "autoquant.tuning",
+    "prune": "autoquant.pruning.apply",
+    "prune_info": "autoquant.pruning.apply",
     "TuningConfig": "autoquant.tuning",
     "TuningResult": "autoquant.tuning",
     "GoalNotMetWarning": "autoquant.tuning",
@@ -72,6 +82,10 @@ __all__ = [
     "measure_latency",
     "OpConfig",
     "Plan",
+    "prune",
+    "prune_info",
+    "prune_only",
+    "PruneSpec",
     "quant_info",
     "quantize",
     "QuantSpec",
@@ -114,6 +128,7 @@ if TYPE_CHECKING:
     from autoquant.measure import measure_latency, size_bytes
     from autoquant.plan import Plan, resolve_plan
     from autoquant.plan import PlanWarning as PlanWarning
+    from autoquant.pruning.apply import prune, prune_info
     from autoquant.qparams import QParams as QParams
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save

@@ -183,7 +183,9 @@ def validate_meta(meta: Any, src: Path, backends: Iterable[str]) -> dict[str, An
         "state",
         "state_versions",
     } | ({"tensors_sha256", "tensors_bytes"} if version == 1 else set())
-    unknown = sorted(set(meta) - expected)
+    # Written only when used (pruned models), so other saves are unchanged.
+    optional = {"pruning", "sparse"}
+    unknown = sorted(set(meta) - expected - optional)
     missing = sorted(expected - set(meta))
     if unknown or missing:
         raise SerializationError(

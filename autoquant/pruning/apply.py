@@ -374,23 +374,32 @@ def resize_to(model: nn.Module, shapes: Mapping[str, Mapping[str, int]]) -> nn.M
 
 
 def sparsity(model: nn.Module, fqns: list[str] | None = None) -> dict[str, float]:
-    """Share of zero weights per Linear/Conv op (of the float or the quantized model)."""
+    """Share of zero weights per op with a 2-D+ weight, of the float model or of a
+    quantized one (its integer weights compared with their zero points)."""
     out: dict[str, float] = {}
     for name, m in model.named_modules():
         if fqns is not None and name not in fqns:
             continue
         w = getattr(m, "weight", None)
-        if callable(w):  # quantized modules expose weight()
+        zero: Any = 0
+        if isinstance(getattr(m, "weight_int", None), torch.Tensor):
+            w, zero = m.weight_int, getattr(m, "weight_zero_point", 0)
+        elif callable(w) and not isinstance(w, torch.Tensor):  # torch quantized modules
             try:
                 w = w()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - not a weight accessor after all
                 continue
-        if isinstance(w, torch.Tensor) and w.dim() >= 2:
-            t = w.int_repr() if w.is_quantized else w
-            zero = 0
-            if w.is_quantized and w.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        if not isinstance(w, torch.Tensor) or w.dim() < 2:
+            continue
+        if w.is_quantized:
+            if w.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
                 zero = w.q_zero_point()
-            out[name] = float((t == zero).sum()) / t.numel()
+            else:
+                zero = w.q_per_channel_zero_points()
+            w = w.int_repr()
+        if isinstance(zero, torch.Tensor) and zero.numel() == w.shape[0]:
+            zero = zero.reshape(-1, *([1] * (w.dim() - 1)))
+        out[name] = float((w == zero).sum()) / w.numel()
     return out
 
 

@@ -59,7 +59,7 @@ class PruneSpec:
     """
 
     pattern: str = "unstructured"
-    ratio: float | None = 0.5
+    ratio: float | None = None
     criterion: str = "magnitude"
     scope: str = "op"
 
@@ -106,7 +106,7 @@ class PruneSpec:
             raise _fail(
                 "ratio",
                 self.ratio,
-                "a number in [0, 1)",
+                f"a number in [0, 1) for pattern {self.pattern!r}",
                 "It is the share of weights (channels) removed; 0.5 removes half.",
             )
         object.__setattr__(self, "ratio", float(self.ratio))

@@ -44,6 +44,7 @@ def tune(
     config: TuningConfig | None = None,
     example_inputs: Any = None,
     callbacks: Sequence[TuningCallback] = (),
+    train_fn: Callable[[nn.Module], None] | None = None,
 ) -> TuningResult:
     """Search per-op quantization configs for the fastest model that meets the goal.
 
@@ -60,6 +61,9 @@ def tune(
             batch).
         callbacks: :class:`~autoquant.tuning.callbacks.TuningCallback` objects (MLflow
             tracking, progress display) told about the start, every trial and the end.
+        train_fn: ``train_fn(model) -> None``, optional fine-tuning of each pruned float
+            model (``prune_patterns`` in the space) before it is calibrated; it trains
+            the model in place. Zeroed weights are masked again after it.
     """
     import optuna
 
@@ -72,7 +76,9 @@ def tune(
     config = config or TuningConfig()
     # A misspelt strategy fails here, before the model is discovered or calibrated.
     get_strategy(config.strategy)
-    engine = Runner(model, eval_fn, calib_data, config, example_inputs)
+    if train_fn is not None and not callable(train_fn):
+        raise TypeError(f"train_fn must be callable as train_fn(model) -> None, but got {train_fn!r}.")
+    engine = Runner(model, eval_fn, calib_data, config, example_inputs, train_fn=train_fn)
     log.info("%s", engine.space.describe())
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -11,15 +11,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from autoquant.config import (
-    OpConfig,
-    QuantSpec,
-    dynamic_int8,
-    prune_only,
-    static_int8,
-    weight_only,
-)
-from autoquant.pruning.spec import PruneSpec
+from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
+from autoquant.config import prune_only as prune_only
+
+# Pruning (autoquant.pruning documents it): importable from here, not in __all__.
+from autoquant.pruning.spec import PruneSpec as PruneSpec
 
 # Importable from here, not in __all__: the "X as X" form marks them as re-exports.
 from autoquant.errors import AutoQuantError
@@ -82,10 +78,6 @@ __all__ = [
     "measure_latency",
     "OpConfig",
     "Plan",
-    "prune",
-    "prune_info",
-    "prune_only",
-    "PruneSpec",
     "quant_info",
     "quantize",
     "QuantSpec",

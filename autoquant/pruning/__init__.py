@@ -29,6 +29,7 @@ _LAZY = {
     "split_plan": "autoquant.pruning.apply",
     "resize_to": "autoquant.pruning.apply",
     "sparsity": "autoquant.pruning.apply",
+    "pruning_summary": "autoquant.pruning.apply",
     "channel_groups": "autoquant.pruning.structural",
 }
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
         PruneReport,
         prune,
         prune_info,
+        pruning_summary,
         resize_to,
         sparsity,
         split_plan,

@@ -406,3 +406,27 @@ def sparsity(model: nn.Module, fqns: list[str] | None = None) -> dict[str, float
 def prune_info(model: nn.Module) -> PruneReport | None:
     """The :class:`PruneReport` of a model from :func:`prune`, ``quantize`` or ``load``."""
     return getattr(model, "autoquant_pruning", None)
+
+
+def pruning_summary(model: nn.Module, saved_dir: str | None = None) -> dict[str, Any] | None:
+    """Per-op sparsity, ops left whole, parameter counts and sizes of a pruned model
+    (``summary.json`` / MLflow); None when the model was not pruned.
+
+    ``saved_bytes`` (with ``saved_dir``, a directory :func:`autoquant.save` wrote) is what
+    the files take: sparse weights there are bitmask + values.
+    """
+    report = prune_info(model)
+    if report is None:
+        return None
+    out: dict[str, Any] = {
+        "sparsity": {f: op["sparsity"] for f, op in report.ops.items()},
+        "channels": {f: op["channels"] for f, op in report.ops.items() if "channels" in op},
+        "left_whole": dict(report.left_whole),
+        "params_before": report.params[0],
+        "params_after": report.params[1],
+    }
+    if saved_dir is not None:
+        from pathlib import Path
+
+        out["saved_bytes"] = sum(p.stat().st_size for p in Path(saved_dir).iterdir() if p.is_file())
+    return out

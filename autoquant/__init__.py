@@ -14,9 +14,6 @@ from typing import TYPE_CHECKING, Any
 from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
 from autoquant.config import prune_only as prune_only
 
-# Pruning (autoquant.pruning documents it): importable from here, not in __all__.
-from autoquant.pruning.spec import PruneSpec as PruneSpec
-
 # Importable from here, not in __all__: the "X as X" form marks them as re-exports.
 from autoquant.errors import AutoQuantError
 from autoquant.errors import CalibrationError as CalibrationError
@@ -25,6 +22,9 @@ from autoquant.errors import PlanError as PlanError
 from autoquant.errors import QuantizationError as QuantizationError
 from autoquant.errors import SerializationError as SerializationError
 from autoquant.errors import UnsupportedConfigError as UnsupportedConfigError
+
+# Pruning (autoquant.pruning documents it): importable from here, not in __all__.
+from autoquant.pruning.spec import PruneSpec as PruneSpec
 
 # name -> module that defines it: the __all__ names that need torch, and every name
 # exported before __all__ was trimmed
@@ -120,7 +120,8 @@ if TYPE_CHECKING:
     from autoquant.measure import measure_latency, size_bytes
     from autoquant.plan import Plan, resolve_plan
     from autoquant.plan import PlanWarning as PlanWarning
-    from autoquant.pruning.apply import prune, prune_info
+    from autoquant.pruning.apply import prune as prune
+    from autoquant.pruning.apply import prune_info as prune_info
     from autoquant.qparams import QParams as QParams
     from autoquant.quantizer import quant_info, quantize
     from autoquant.serialize import load, save

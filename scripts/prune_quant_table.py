@@ -30,10 +30,11 @@ def _dir_bytes(path: Path) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
+    parser.add_argument("--trials", type=int, default=24)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--strategy", default="basic")
-    parser.add_argument("--ft-images", type=int, default=20000, help="fine-tuning images")
+    parser.add_argument("--ft-images", type=int, default=10000, help="fine-tuning images")
+    parser.add_argument("--ft-lr", type=float, default=3e-4, help="fine-tuning Adam lr")
     parser.add_argument("--ft-epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         threads = torch.get_num_threads()
         torch.set_num_threads(2)
-        opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+        opt = torch.optim.Adam(m.parameters(), lr=args.ft_lr)
         x, y = train["x_train"], train["y_train"]
         gen = torch.Generator().manual_seed(0)
         for _ in range(args.ft_epochs):
@@ -80,12 +81,20 @@ def main(argv: list[str] | None = None) -> None:
     runs = {}
     for name, extra, fn in (
         ("quantize only", {}, None),
-        ("prune + quantize", {"prune_patterns": ("channel",), "prune_ratios": tuple(args.ratios)}, train_fn),
+        (
+            "prune + quantize",
+            {"prune_patterns": ("channel",), "prune_ratios": tuple(args.ratios)},
+            train_fn,
+        ),
     ):
         t0 = time.perf_counter()
         result = tune(
-            model, evaluate, calib_data=calib, example_inputs=example,
-            config=TuningConfig(**base, **extra), train_fn=fn,
+            model,
+            evaluate,
+            calib_data=calib,
+            example_inputs=example,
+            config=TuningConfig(**base, **extra),
+            train_fn=fn,
         )
         runs[name] = (result, time.perf_counter() - t0)
         print(result.summary(), flush=True)
@@ -121,13 +130,17 @@ def main(argv: list[str] | None = None) -> None:
         "prune + quantize (best)": runs["prune + quantize"],
     }
     print()
-    print("| model | test accuracy | loss | b1 ms | b64 ms | b64 speedup vs quant-only | "
-          "params | in-memory KiB | saved KiB | trials (evaluations, wall s) |")
+    print(
+        "| model | test accuracy | loss | b1 ms | b64 ms | b64 speedup vs quant-only | "
+        "params | in-memory KiB | saved KiB | trials (evaluations, wall s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     ref = "quantize only (best)"
     for n, m in candidates.items():
         report = prune_info(m)
-        params = report.params[1] if report is not None else sum(p.numel() for p in model.parameters())
+        params = (
+            report.params[1] if report is not None else sum(p.numel() for p in model.parameters())
+        )
         t = trials.get(n)
         tr = f"{len(t[0].trials)} ({t[0].n_evaluations}, {t[1]:.0f})" if t else "–"
         loss = (acc["fp32"] - acc[n]) / acc["fp32"]

@@ -22,8 +22,8 @@ from autoquant.config import (
     static_int8,
     weight_only,
 )
-from autoquant.pruning.spec import PruneSpec
 from autoquant.errors import AutoQuantError, ConfigError
+from autoquant.pruning.spec import PruneSpec
 
 # ----------------------------------------------------------------------------- validation
 
@@ -208,7 +208,9 @@ def _assert_round_trips(cfg: OpConfig) -> None:
     back = OpConfig.from_dict(yaml.safe_load(text))
     assert back == cfg and hash(back) == hash(cfg)
     if cfg.weight is not None:  # None: a pruned-but-float op
-        assert QuantSpec.from_dict(yaml.safe_load(yaml.safe_dump(cfg.weight.to_dict()))) == cfg.weight
+        assert (
+            QuantSpec.from_dict(yaml.safe_load(yaml.safe_dump(cfg.weight.to_dict()))) == cfg.weight
+        )
 
 
 @pytest.mark.parametrize("cfg", PRESETS, ids=lambda c: c.short())

@@ -50,14 +50,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from autoquant.pruning.apply import (
-        PruneReport,
-        prune,
-        prune_info,
-        pruning_summary,
-        resize_to,
-        sparsity,
-        split_plan,
-    )
-    from autoquant.pruning.spec import CRITERIA, PATTERNS, SCOPES, PruneSpec
-    from autoquant.pruning.structural import channel_groups
+    from autoquant.pruning.apply import PruneReport as PruneReport
+    from autoquant.pruning.apply import prune as prune
+    from autoquant.pruning.apply import prune_info as prune_info
+    from autoquant.pruning.apply import pruning_summary as pruning_summary
+    from autoquant.pruning.apply import resize_to as resize_to
+    from autoquant.pruning.apply import sparsity as sparsity
+    from autoquant.pruning.apply import split_plan as split_plan
+    from autoquant.pruning.spec import CRITERIA as CRITERIA
+    from autoquant.pruning.spec import PATTERNS as PATTERNS
+    from autoquant.pruning.spec import SCOPES as SCOPES
+    from autoquant.pruning.spec import PruneSpec as PruneSpec
+    from autoquant.pruning.structural import channel_groups as channel_groups

@@ -23,7 +23,9 @@ __all__ = ["compress", "decompress", "MASK", "VALUES"]
 
 MASK, VALUES = ".sparse_mask", ".sparse_values"
 _BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-_DTYPES = {str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.uint8)}
+_DTYPES = {
+    str(d): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.int8, torch.uint8)
+}
 _MIN_ELEMENTS = 64
 _MIN_GAIN = 0.10
 

@@ -181,7 +181,9 @@ def prune(
             else:
                 mask = mk.unstructured_mask(scores, s.ratio)  # type: ignore[arg-type]
             _zero(mods[f], mask, s, report, f)
-        _channels(out, mods, {f: s for f, s in specs.items() if s.structured}, mode, report, grad_of)
+        _channels(
+            out, mods, {f: s for f, s in specs.items() if s.structured}, mode, report, grad_of
+        )
     if loss_fn is not None:
         out.zero_grad(set_to_none=True)
     report.params = (report.params[0], _n_params(out))
@@ -344,7 +346,9 @@ def resize_to(model: nn.Module, shapes: Mapping[str, Mapping[str, int]]) -> nn.M
                 raise PlanError(f"the pruned shapes name {fqn!r}, which the model does not have.")
             for key, value in sizes.items():
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise PlanError(f"pruned size {fqn}.{key} must be a positive int, got {value!r}.")
+                    raise PlanError(
+                        f"pruned size {fqn}.{key} must be a positive int, got {value!r}."
+                    )
             if "num_attention_heads" in sizes:
                 head = m.attention_head_size
                 m.num_attention_heads = sizes["num_attention_heads"]

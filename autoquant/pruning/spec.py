@@ -93,7 +93,7 @@ class PruneSpec:
                     "ratio",
                     self.ratio,
                     f"None or {implied:g} for pattern {self.pattern!r}",
-                    f"An N:M pattern fixes the ratio at (M-N)/M; drop ratio= or use pattern "
+                    "An N:M pattern fixes the ratio at (M-N)/M; drop ratio= or use pattern "
                     "'unstructured' for another ratio.",
                 )
             if self.scope != "op":

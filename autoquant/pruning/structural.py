@@ -113,9 +113,7 @@ class _Tracer:
         for node in gm.graph.nodes:
             if node.op == "call_module":
                 self.calls[node.target] = self.calls.get(node.target, 0) + 1
-        self.node_of = {
-            n.target: n for n in gm.graph.nodes if n.op == "call_module"
-        }
+        self.node_of = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
 
     def group(self, fqn: str) -> ChannelGroup:
         module = self.modules[fqn]
@@ -153,7 +151,9 @@ class _Tracer:
         if not isinstance(module, nn.Linear) and module.groups != 1:
             raise _Unsafe(f"{name!r} is a grouped/depthwise conv (groups={module.groups})")
         if _out_channels(module) != group.channels:
-            raise _Unsafe(f"{name!r} has {_out_channels(module)} channels, the group {group.channels}")
+            raise _Unsafe(
+                f"{name!r} has {_out_channels(module)} channels, the group {group.channels}"
+            )
 
     def _follow(self, node, user, group, pending_nodes, pending_producers, flattened) -> None:
         where = f"{user.name} ({user.op} {getattr(user.target, '__name__', user.target)})"
@@ -236,7 +236,9 @@ class _Tracer:
             raise _Unsafe(f"consumer {name!r} is called more than once")
         if isinstance(m, nn.Linear):
             if m.in_features % group.channels:
-                raise _Unsafe(f"{name!r} has {m.in_features} inputs, not a multiple of {group.channels}")
+                raise _Unsafe(
+                    f"{name!r} has {m.in_features} inputs, not a multiple of {group.channels}"
+                )
             block = m.in_features // group.channels
             if block != 1 and not flat:
                 raise _Unsafe(f"{name!r} reads the channels in another layout")
@@ -292,7 +294,9 @@ def channel_groups(model: nn.Module, fqns: list[str] | None = None) -> dict[str,
     Safe groups list every layer to slice; unsafe ones say why in ``reason``.
     """
     modules = dict(model.named_modules())
-    wanted = fqns if fqns is not None else [n for n, m in modules.items() if isinstance(m, _PRODUCERS)]
+    wanted = (
+        fqns if fqns is not None else [n for n, m in modules.items() if isinstance(m, _PRODUCERS)]
+    )
     out: dict[str, ChannelGroup] = {}
     bert = _bert_groups(model)
     for name in wanted:

@@ -363,7 +363,8 @@ class MlflowTracker(Tracker):
         if report is not None:
             # Per-op sparsity of the best plan (share of weights zeroed or removed).
             metrics |= {
-                f"best.sparsity.{f or 'root'}": float(op["sparsity"]) for f, op in report.ops.items()
+                f"best.sparsity.{f or 'root'}": float(op["sparsity"])
+                for f, op in report.ops.items()
             }
             metrics["best.params_after_pruning"] = float(report.params[1])
         if self.overhead_s:

@@ -201,7 +201,9 @@ def best_sparsity(result: TuningResult, path: str) -> str | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("sparsity (share of weights zeroed or removed)")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"best plan: {len(report.ops)} pruned ops, params {report.params[0]} -> {report.params[1]}")
+    ax.set_title(
+        f"best plan: {len(report.ops)} pruned ops, params {report.params[0]} -> {report.params[1]}"
+    )
     fig.savefig(path, dpi=100)
     return None
 

@@ -276,9 +276,7 @@ class Runner:
         with warnings.catch_warnings():
             # Each trial would repeat the same build warnings; the first build showed them.
             warnings.simplefilter("ignore")
-            built = self.backend.build(
-                model, quant_plan, stats, reuse=reuse if candidate else None
-            )
+            built = self.backend.build(model, quant_plan, stats, reuse=reuse if candidate else None)
             if self.check_batch is not None:
                 verify_kernels(built, *self.check_batch)
         if report is not None:

@@ -77,7 +77,9 @@ def tune(
     # A misspelt strategy fails here, before the model is discovered or calibrated.
     get_strategy(config.strategy)
     if train_fn is not None and not callable(train_fn):
-        raise TypeError(f"train_fn must be callable as train_fn(model) -> None, but got {train_fn!r}.")
+        raise TypeError(
+            f"train_fn must be callable as train_fn(model) -> None, but got {train_fn!r}."
+        )
     engine = Runner(model, eval_fn, calib_data, config, example_inputs, train_fn=train_fn)
     log.info("%s", engine.space.describe())
     verbosity = optuna.logging.get_verbosity()

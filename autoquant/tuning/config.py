@@ -194,7 +194,8 @@ class SpaceConfig:
         bad = [
             p
             for p in self.prune_patterns
-            if p not in ("channel", "unstructured") and not (
+            if p not in ("channel", "unstructured")
+            and not (
                 parse_nm(p) is not None and 0 < parse_nm(p)[0] < parse_nm(p)[1]  # type: ignore[index]
             )
         ]

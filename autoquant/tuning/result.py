@@ -156,7 +156,11 @@ class TuningResult:
         if report is not None:
             pruned = [
                 f"{f} {op['pattern']} sparsity {op['sparsity']:.2f}"
-                + (f" ({op['channels'][0]} -> {op['channels'][1]} channels)" if "channels" in op else "")
+                + (
+                    f" ({op['channels'][0]} -> {op['channels'][1]} channels)"
+                    if "channels" in op
+                    else ""
+                )
                 for f, op in report.ops.items()
             ]
             lines.append(f"pruned ops ({len(pruned)}): {', '.join(pruned) or 'none'}")

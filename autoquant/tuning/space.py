@@ -200,9 +200,7 @@ def _prune_units(model: nn.Module, ops: list[OpInfo], config: TuningConfig) -> l
     patterns = config.prune_patterns
     if not patterns:
         return []
-    prunable = [
-        op.fqn for op in ops if op.op_type in ("Linear", "Conv1d", "Conv2d")
-    ]
+    prunable = [op.fqn for op in ops if op.op_type in ("Linear", "Conv1d", "Conv2d")]
     groups = channel_groups(model, prunable) if "channel" in patterns else {}
     claimed: set[str] = set()
     units = []

@@ -87,15 +87,36 @@ def test_gradient_criterion_uses_loss_fn_and_refuses_without() -> None:
 @pytest.mark.parametrize(
     "kwargs,message",
     [
-        ({"pattern": "blocks"}, r"PruneSpec.pattern must be one of 'unstructured', 'channel' or an 'N:M'.*'blocks'"),
-        ({"pattern": "4:2"}, r"PruneSpec.pattern must be 'N:M' with 0 < N < M.*'4:2'.*'2:4' keeps 2"),
-        ({"ratio": 1.0}, r"PruneSpec.ratio must be a number in \[0, 1\) for pattern 'unstructured', but got 1.0.*0.5 removes half"),
+        (
+            {"pattern": "blocks"},
+            r"PruneSpec.pattern must be one of 'unstructured', 'channel' or an 'N:M'.*'blocks'",
+        ),
+        (
+            {"pattern": "4:2"},
+            r"PruneSpec.pattern must be 'N:M' with 0 < N < M.*'4:2'.*'2:4' keeps 2",
+        ),
+        (
+            {"ratio": 1.0},
+            r"PruneSpec.ratio must be a number in \[0, 1\) for pattern 'unstructured', but got 1.0.*0.5 removes half",
+        ),
         ({"ratio": "half"}, r"PruneSpec.ratio must be a number"),
-        ({"pattern": "channel"}, r"PruneSpec.ratio must be a number in \[0, 1\) for pattern 'channel', but got None"),
-        ({"pattern": "2:4", "ratio": 0.3}, r"PruneSpec.ratio must be None or 0.5 for pattern '2:4'.*drop ratio="),
-        ({"criterion": "taylor", "ratio": 0.5}, r"PruneSpec.criterion must be one of \['magnitude', 'gradient'\], but got 'taylor'"),
+        (
+            {"pattern": "channel"},
+            r"PruneSpec.ratio must be a number in \[0, 1\) for pattern 'channel', but got None",
+        ),
+        (
+            {"pattern": "2:4", "ratio": 0.3},
+            r"PruneSpec.ratio must be None or 0.5 for pattern '2:4'.*drop ratio=",
+        ),
+        (
+            {"criterion": "taylor", "ratio": 0.5},
+            r"PruneSpec.criterion must be one of \['magnitude', 'gradient'\], but got 'taylor'",
+        ),
         ({"scope": "layer", "ratio": 0.5}, r"PruneSpec.scope must be one of \['op', 'global'\]"),
-        ({"pattern": "channel", "scope": "global", "ratio": 0.5}, r"PruneSpec.scope must be 'op' for pattern 'channel'"),
+        (
+            {"pattern": "channel", "scope": "global", "ratio": 0.5},
+            r"PruneSpec.scope must be 'op' for pattern 'channel'",
+        ),
     ],
 )
 def test_bad_specs_are_refused_naming_field_value_and_fix(kwargs, message) -> None:
@@ -112,7 +133,9 @@ def test_opconfig_carries_prune_and_round_trips() -> None:
     assert OpConfig.from_dict(flt.to_dict()) == flt and not flt.quantized
     # Without pruning the dict (and so every plan hash) is what it was.
     assert "prune" not in static_int8().to_dict()
-    with pytest.raises(ConfigError, match="OpConfig.prune must be a PruneSpec when approach='float'"):
+    with pytest.raises(
+        ConfigError, match="OpConfig.prune must be a PruneSpec when approach='float'"
+    ):
         OpConfig(approach="float")
     with pytest.raises(ConfigError, match="must be None when approach='float'"):
         OpConfig(approach="float", weight=static_int8().weight, prune=PruneSpec(ratio=0.5))

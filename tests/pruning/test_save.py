@@ -60,7 +60,9 @@ def test_sparse_weights_shrink_the_saved_file_as_claimed(tmp_path: Path) -> None
     b = aq.save(sparse, tmp_path / "sparse")
     # int8 weight of n elements: n bytes dense, ceil(n/8) + nnz bytes as mask + values.
     n1, n2 = model.fc1.weight.numel(), model.fc2.weight.numel()
-    predicted = (n1 - (math.ceil(n1 / 8) + n1 // 2)) + (n2 - (math.ceil(n2 / 8) + n2 - int(0.75 * n2)))
+    predicted = (n1 - (math.ceil(n1 / 8) + n1 // 2)) + (
+        n2 - (math.ceil(n2 / 8) + n2 - int(0.75 * n2))
+    )
     saved = _tensors_bytes(a) - _tensors_bytes(b)
     assert abs(saved - predicted) < 512  # safetensors header: two more tensor names each
     assert _tensors_bytes(b) < 0.6 * _tensors_bytes(a)

@@ -48,7 +48,10 @@ def test_conv_bn_conv_and_flatten_into_linear() -> None:
     torch.manual_seed(0)
     x = torch.randn(4, 3, 8, 8)
     model = _settled(ConvBNConv(), x)
-    specs = {"conv1": PruneSpec(pattern="channel", ratio=0.5), "conv2": PruneSpec(pattern="channel", ratio=0.25)}
+    specs = {
+        "conv1": PruneSpec(pattern="channel", ratio=0.5),
+        "conv2": PruneSpec(pattern="channel", ratio=0.25),
+    }
     shrunk, report = _same_as_masked(model, specs, x)
     assert shrunk.conv1.weight.shape == (8, 3, 3, 3) and shrunk.bn1.num_features == 8
     assert shrunk.conv2.weight.shape == (6, 8, 3, 3)
@@ -63,7 +66,10 @@ def test_residual_block_ties_both_sides_of_the_add() -> None:
     model = _settled(ResidualCNN(), x)
     groups = channel_groups(model)
     assert sorted(groups["conv2"].producers) == ["conv2", "stem"]
-    specs = {"conv2": PruneSpec(pattern="channel", ratio=0.5), "conv1": PruneSpec(pattern="channel", ratio=0.25)}
+    specs = {
+        "conv2": PruneSpec(pattern="channel", ratio=0.5),
+        "conv1": PruneSpec(pattern="channel", ratio=0.25),
+    }
     shrunk, report = _same_as_masked(model, specs, x)
     assert shrunk.stem.out_channels == shrunk.conv2.out_channels == 8
     assert shrunk.conv1.in_channels == 8 and shrunk.conv1.out_channels == 12
@@ -93,7 +99,10 @@ def test_transformer_ffn_neurons_and_unsafe_heads_reshape() -> None:
     torch.manual_seed(0)
     model = TinyTransformerBlock().eval()
     ids = torch.randint(0, 100, (3, 7))
-    specs = {"up": PruneSpec(pattern="channel", ratio=0.75), "q": PruneSpec(pattern="channel", ratio=0.5)}
+    specs = {
+        "up": PruneSpec(pattern="channel", ratio=0.75),
+        "q": PruneSpec(pattern="channel", ratio=0.5),
+    }
     shrunk, report = _same_as_masked(model, specs, ids)
     assert shrunk.up.out_features == 32 and shrunk.down.in_features == 32
     assert "q" in report.left_whole  # the view into heads is not sliced blindly
@@ -113,8 +122,12 @@ def test_resize_to_rebuilds_the_pruned_skeleton() -> None:
 def test_bert_ffn_and_heads_match_masked() -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=16,
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
     )
     torch.manual_seed(0)
     model = transformers.BertModel(config).eval()

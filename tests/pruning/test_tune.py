@@ -64,8 +64,10 @@ def test_tune_prunes_then_calibrates_the_pruned_model(digits_model, digits_data,
         train_fn=train_fn,
     )
     pruned_trials = [
-        r for r in result.trials
-        if r.evaluated and any(k.startswith(PRUNE_PREFIX) and v != "none" for k, v in r.params.items())
+        r
+        for r in result.trials
+        if r.evaluated
+        and any(k.startswith(PRUNE_PREFIX) and v != "none" for k, v in r.params.items())
     ]
     assert pruned_trials, "the prune phase proposed no pruned plan"
     # Each distinct pruning part: pruned once, fine-tuned once, calibrated once.

@@ -16,9 +16,11 @@ def test_prune_quant_space_reports_sparsity_and_sizes(tmp_path: Path) -> None:
             "space=prune_quant",
             "space.approaches=[static]",
             "space.search=[]",
-            "tuning.max_trials=8",
+            "tuning.max_trials=4",
+            "space.prune_ratios=[0.5]",
             "tuning.objective=size",  # exact, so the pruned plan wins deterministically
             "tuning.tolerable_loss=0.05",
+            "tracking.log_model=false",  # the registry: tests/test_cli.py
             f"hydra.run.dir={run_dir}",
         ],
         tmp_path,

@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
+from autoquant.config import prune_only as prune_only
 
 # Importable from here, not in __all__: the "X as X" form marks them as re-exports.
 from autoquant.errors import AutoQuantError
@@ -21,6 +22,9 @@ from autoquant.errors import PlanError as PlanError
 from autoquant.errors import QuantizationError as QuantizationError
 from autoquant.errors import SerializationError as SerializationError
 from autoquant.errors import UnsupportedConfigError as UnsupportedConfigError
+
+# Pruning (autoquant.pruning documents it): importable from here, not in __all__.
+from autoquant.pruning.spec import PruneSpec as PruneSpec
 
 # name -> module that defines it: the __all__ names that need torch, and every name
 # exported before __all__ was trimmed
@@ -50,6 +54,8 @@ _LAZY = {
     "get_backend": "autoquant.backends",
     "register_backend": "autoquant.backends",
     "tune": "autoquant.tuning",
+    "prune": "autoquant.pruning.apply",
+    "prune_info": "autoquant.pruning.apply",
     "TuningConfig": "autoquant.tuning",
     "TuningResult": "autoquant.tuning",
     "GoalNotMetWarning": "autoquant.tuning",
@@ -122,6 +128,8 @@ if TYPE_CHECKING:
     from autoquant.qat import QATConfig as QATConfig
     from autoquant.qat import convert as convert
     from autoquant.qat import prepare_qat as prepare_qat
+    from autoquant.pruning.apply import prune as prune
+    from autoquant.pruning.apply import prune_info as prune_info
     from autoquant.qparams import QParams as QParams
     from autoquant.quantizer import deploy as deploy
     from autoquant.quantizer import quant_info, quantize

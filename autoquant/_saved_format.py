@@ -184,8 +184,9 @@ def validate_meta(meta: Any, src: Path, backends: Iterable[str]) -> dict[str, An
         "state",
         "state_versions",
     } | ({"tensors_sha256", "tensors_bytes"} if version == 1 else set())
-    # Written since issue 10 (how the saved model ran); older version-2 files lack it.
-    optional = {"execution"}
+    # Written only when used: "execution" since issue 10 (how the saved model ran; older
+    # version-2 files lack it), "pruning"/"sparse" for pruned models.
+    optional = {"execution", "pruning", "sparse"}
     unknown = sorted(set(meta) - expected - optional)
     missing = sorted(expected - set(meta))
     if unknown or missing:

@@ -16,6 +16,7 @@ from typing import Any
 
 from autoquant.approaches import approach_names, get_approach, register_approach
 from autoquant.errors import ConfigError
+from autoquant.pruning.spec import PruneSpec
 
 __all__ = [
     "DTYPES",
@@ -32,7 +33,13 @@ __all__ = [
     "bf16",
     "SCALED_FLOAT_DTYPES",
     "RUN_IN_FLOAT_DTYPES",
+    "prune_only",
+    "FLOAT",
 ]
+
+#: The approach of an op that is pruned but stays float: ``OpConfig(approach="float",
+#: prune=PruneSpec(...))`` (or :func:`prune_only`). It carries no quantization specs.
+FLOAT = "float"
 
 # Name -> (bits, signed). The integer range follows from these (see qparams.quant_range).
 DTYPES: dict[str, tuple[int, bool]] = {
@@ -193,14 +200,39 @@ class OpConfig:
         weight: spec of the op's weight.
         activation: spec of the op's input activation; must be None for ``weight_only``
             and given for every other approach.
+        prune: optional :class:`~autoquant.pruning.PruneSpec`: the op is pruned first,
+            then calibrated and quantized as pruned. ``approach="float"`` (no weight or
+            activation spec) prunes an op that stays float; :func:`prune_only` spells it.
     """
 
     approach: str
-    weight: QuantSpec
+    weight: QuantSpec | None = None
     activation: QuantSpec | None = None
+    prune: PruneSpec | None = None
 
     def __post_init__(self) -> None:
         _choice("OpConfig", "approach", self.approach, approach_names())
+        if isinstance(self.prune, Mapping):
+            object.__setattr__(self, "prune", PruneSpec.from_dict(self.prune))
+        if self.prune is not None and not isinstance(self.prune, PruneSpec):
+            raise ConfigError(
+                f"OpConfig.prune must be a PruneSpec (or a dict of its fields) or None, "
+                f"but got {self.prune!r}."
+            )
+        if self.approach == FLOAT:
+            if self.weight is not None or self.activation is not None:
+                raise ConfigError(
+                    "OpConfig.weight and OpConfig.activation must be None when "
+                    f"approach='float' (the op is not quantized), but got weight="
+                    f"{self.weight!r}, activation={self.activation!r}. Use another approach "
+                    "to quantize the op."
+                )
+            if self.prune is None:
+                raise ConfigError(
+                    "OpConfig.prune must be a PruneSpec when approach='float', but got None. "
+                    "An op that is neither pruned nor quantized is None in a plan (keep float)."
+                )
+            return
         takes_activation = get_approach(self.approach).activations
         # Accept dicts for the nested specs so YAML/Hydra input works directly.
         if isinstance(self.weight, Mapping):
@@ -262,11 +294,26 @@ class OpConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "approach": self.approach,
-            "weight": self.weight.to_dict(),
+            "weight": None if self.weight is None else self.weight.to_dict(),
             "activation": None if self.activation is None else self.activation.to_dict(),
         }
+        if self.prune is not None:
+            # Only when set, so plans without pruning keep their hashes.
+            out["prune"] = self.prune.to_dict()
+        return out
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the op is quantized (False for a pruned-but-float op)."""
+        return self.approach != FLOAT
+
+    def without_prune(self) -> OpConfig | None:
+        """The quantization part alone (None for a pruned-but-float op)."""
+        if self.approach == FLOAT:
+            return None
+        return self if self.prune is None else dataclasses.replace(self, prune=None)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | OpConfig) -> OpConfig:
@@ -276,23 +323,31 @@ class OpConfig:
             raise ConfigError(
                 f"An OpConfig must be given as a mapping of its fields, but got {type(data).__name__}."
             )
-        _reject_unknown("OpConfig", data, {"approach", "weight", "activation"})
-        if "approach" not in data or "weight" not in data:
+        _reject_unknown("OpConfig", data, {"approach", "weight", "activation", "prune"})
+        if "approach" not in data or ("weight" not in data and data["approach"] != FLOAT):
             raise ConfigError(
                 f"OpConfig needs at least 'approach' and 'weight', but got keys {sorted(data)}."
             )
         act = data.get("activation")
+        weight = data.get("weight")
+        prune = data.get("prune")
         return cls(
             approach=data["approach"],
-            weight=QuantSpec.from_dict(data["weight"]),
+            weight=None if weight is None else QuantSpec.from_dict(weight),
             activation=None if act is None else QuantSpec.from_dict(act),
+            prune=None if prune is None else PruneSpec.from_dict(prune),
         )
 
     def short(self) -> str:
         """Compact human label, e.g. ``static w:int8/sym/per_channel/minmax a:uint8/...``."""
-        label = f"{self.approach} w:{self.weight.short()}"
+        if self.weight is None:
+            label = self.approach
+        else:
+            label = f"{self.approach} w:{self.weight.short()}"
         if self.activation is not None:
             label += f" a:{self.activation.short()}"
+        if self.prune is not None:
+            label += f" prune:{self.prune.short()}"
         return label
 
 
@@ -364,3 +419,14 @@ register_approach("static", needs_calibration=True, preset=static_int8)
 register_approach("weight_only", activations=False, preset=weight_only)
 register_approach("qat")
 register_approach("bf16", activations=False, preset=bf16)
+# Pruned, not quantized: split off before any backend sees the plan (autoquant.pruning).
+register_approach(FLOAT, activations=False)
+
+
+def prune_only(spec: PruneSpec | None = None, **fields: Any) -> OpConfig:
+    """An op pruned by ``spec`` (or ``PruneSpec(**fields)``) that stays float."""
+    if spec is None:
+        spec = PruneSpec(**fields)
+    elif fields:
+        raise ConfigError(f"prune_only takes a PruneSpec or its fields, not both: {fields}.")
+    return OpConfig(approach=FLOAT, prune=spec)

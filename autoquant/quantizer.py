@@ -67,7 +67,21 @@ def quantize(
     be = get_backend(backend)
     # A given Plan is checked against the model's ops; rules are resolved once here.
     resolved = resolve_plan(plan, model)
-    if not resolved.quantized:
+    # Pruning comes first: the pruned model is what gets calibrated and quantized.
+    from autoquant.pruning.apply import prune, split_plan
+
+    specs, resolved = split_plan(resolved)
+    report = None
+    if specs:
+        if stats is not None and any(s.structured for s in specs.values()):
+            raise CalibrationError(
+                "stats= were given with a plan that removes channels (pattern='channel'); "
+                "statistics must come from the pruned model. Pass calib_data= instead, "
+                "or calibrate autoquant.pruning.prune(model, plan)[0]."
+            )
+        model, report = prune(model, specs)
+        resolved = resolve_plan(resolved, model)
+    if not resolved.quantized and report is None:
         warnings.warn(
             "the plan quantizes no op; the returned model is a float copy.",
             PlanWarning,
@@ -104,6 +118,8 @@ def quantize(
         verify_kernels(qmodel, *check_batch)
     if compile:
         deploy(qmodel)
+    if report is not None:
+        qmodel.autoquant_pruning = report
     return qmodel
 
 

@@ -197,6 +197,9 @@ def save(
     }
     # safetensors refuses tensors sharing memory; every entry is written on its own.
     tensors = {k: v.clone() for k, v in tensors.items()}
+    from autoquant.pruning._stored import compress
+
+    tensors, sparse = compress(tensors)  # zero-heavy (pruned) tensors as bitmask + values
     if model_factory is not None:
         split_factory(model_factory)
     out = Path(directory)
@@ -220,6 +223,11 @@ def save(
         "state": tree,
         "state_versions": versions,
     }
+    if sparse:
+        meta["sparse"] = sparse
+    pruning = getattr(qmodel, "autoquant_pruning", None)
+    if pruning is not None:
+        meta["pruning"] = pruning.to_dict()
     (out / _META).write_text(json.dumps(meta, indent=1))
     fmt.write_checksums(out)
     return out
@@ -413,7 +421,23 @@ def load(
         tensors = load_file(str(tensors_path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise SerializationError(f"cannot read {tensors_path}: {exc}") from exc
+    if "sparse" in meta:
+        from autoquant.pruning._stored import decompress
+
+        tensors = decompress(tensors, meta["sparse"], src)
     float_model = _float_model(model, meta["model_factory"], trust, src)
+    pruning = None
+    if "pruning" in meta:
+        from autoquant.pruning.apply import PruneReport, resize_to
+
+        try:
+            pruning = PruneReport.from_dict(meta["pruning"])
+            # The layers a pruned model lost channels in are cut to the saved sizes.
+            float_model = resize_to(float_model, pruning.shapes)
+        except (AutoQuantError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SerializationError(
+                f"{src / _META}: 'pruning' does not fit the float architecture: {exc}"
+            ) from exc
     try:
         plan = resolve_plan(plan, float_model)
     except AutoQuantError as exc:
@@ -453,6 +477,8 @@ def load(
         raise SerializationError(
             f"the saved state does not fit the model rebuilt from the given architecture: {exc}"
         ) from exc
+    if pruning is not None:
+        qmodel.autoquant_pruning = pruning
     if compile is None:
         compile = meta.get("execution", "eager") != "eager"
     if compile:

@@ -24,6 +24,7 @@ from autoquant.config import (
     weight_only,
 )
 from autoquant.errors import AutoQuantError, ConfigError
+from autoquant.pruning.spec import PruneSpec
 
 # ----------------------------------------------------------------------------- validation
 
@@ -207,7 +208,10 @@ def _assert_round_trips(cfg: OpConfig) -> None:
     text = yaml.safe_dump(d, sort_keys=False)
     back = OpConfig.from_dict(yaml.safe_load(text))
     assert back == cfg and hash(back) == hash(cfg)
-    assert QuantSpec.from_dict(yaml.safe_load(yaml.safe_dump(cfg.weight.to_dict()))) == cfg.weight
+    if cfg.weight is not None:  # None: a pruned-but-float op
+        assert (
+            QuantSpec.from_dict(yaml.safe_load(yaml.safe_dump(cfg.weight.to_dict()))) == cfg.weight
+        )
 
 
 @pytest.mark.parametrize("cfg", PRESETS, ids=lambda c: c.short())
@@ -243,6 +247,8 @@ def quant_specs(draw: st.DrawFn, *, allow_group: bool = True) -> QuantSpec:
 @st.composite
 def op_configs(draw: st.DrawFn) -> OpConfig:
     approach = draw(st.sampled_from(APPROACHES))
+    if approach == "float":  # pruned, not quantized: no specs, a PruneSpec
+        return OpConfig(approach=approach, prune=PruneSpec(ratio=draw(st.floats(0.0, 0.99))))
     if approach == "weight_only":
         return OpConfig(approach=approach, weight=draw(quant_specs()))
     if approach == "bf16":
@@ -277,7 +283,7 @@ def test_unknown_op_config_key_rejected_with_allowed_list() -> None:
     with pytest.raises(ConfigError) as info:
         OpConfig.from_dict(d)
     msg = str(info.value)
-    assert "wieght" in msg and repr(["activation", "approach", "weight"]) in msg
+    assert "wieght" in msg and repr(["activation", "approach", "prune", "weight"]) in msg
 
 
 def test_unknown_nested_key_rejected() -> None:

@@ -385,6 +385,8 @@ def _summary(
         "storage": _masked(cfg.storage.url),
         "worker": int(cfg.study.worker),
         "calibration_passes": result.calibration_passes,
+        "sizes": _sizes(result, model_dir),
+        "pruning": _pruning(result, model_dir),
         "mlflow_run_id": tracker.run_id,
         "mlflow_experiment_id": getattr(tracker, "experiment_id", None),
         "mlflow_tracking_uri": _masked(tracker.tracking_uri),
@@ -394,6 +396,26 @@ def _summary(
         "elapsed_s": result.elapsed_s,
         "job_elapsed_s": time.monotonic() - started,
     }
+
+
+def _sizes(result: Any, model_dir: Path | None) -> dict[str, int | None]:
+    """In-memory sizes (dense) and, when saved, the bytes of the model's files."""
+    saved = None
+    if model_dir is not None and model_dir.is_dir():
+        saved = sum(p.stat().st_size for p in model_dir.iterdir() if p.is_file())
+    return {
+        "baseline_bytes": result.baseline.size_bytes,
+        "best_bytes": result.best.size_bytes,
+        "saved_model_bytes": saved,
+    }
+
+
+def _pruning(result: Any, model_dir: Path | None) -> dict[str, Any] | None:
+    """Per-op sparsity of the best plan (None when it prunes nothing)."""
+    from autoquant.pruning.apply import pruning_summary
+
+    saved = str(model_dir) if model_dir is not None and model_dir.is_dir() else None
+    return pruning_summary(result.best_model, saved)
 
 
 def _masked(url: str | None) -> str | None:

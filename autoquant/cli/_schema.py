@@ -49,6 +49,8 @@ CONF_KEYS: dict[str, str] = {
     "space.observers": "observers",
     "space.tie": "tie",
     "space.include_simulated": "include_simulated",
+    "space.prune_patterns": "prune_patterns",
+    "space.prune_ratios": "prune_ratios",
     "strategy.name": "strategy",
     "backend.name": "backend",
     "storage.url": "storage",

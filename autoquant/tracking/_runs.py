@@ -371,6 +371,14 @@ class MlflowTracker(Tracker):
             "goal.target": float(result.config.target(result.baseline.accuracy)),
         }
         metrics |= {f"trials.{k}": float(v) for k, v in states.items()}
+        report = getattr(result.best_model, "autoquant_pruning", None)
+        if report is not None:
+            # Per-op sparsity of the best plan (share of weights zeroed or removed).
+            metrics |= {
+                f"best.sparsity.{f or 'root'}": float(op["sparsity"])
+                for f, op in report.ops.items()
+            }
+            metrics["best.params_after_pruning"] = float(report.params[1])
         if self.overhead_s:
             metrics["tracking.overhead_s_per_trial"] = sum(self.overhead_s) / len(self.overhead_s)
         summary = result.summary()

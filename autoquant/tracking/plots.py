@@ -48,6 +48,8 @@ def write_plots(result: TuningResult, out_dir: str) -> tuple[list[str], list[tup
         ("fp32_fallback.png", fp32_fallback),
         ("optimization_history.png", optimization_history),
     ]
+    if getattr(result.best_model, "autoquant_pruning", None) is not None:
+        plots.append(("best_sparsity.png", best_sparsity))
     if result.sensitivity:
         # Only when the strategy computed scores: their absence is not a problem to report
         # (samplers skip them when the first plan passes).
@@ -179,6 +181,29 @@ def fp32_fallback(result: TuningResult, path: str) -> str | None:
     ax.grid(axis="x", alpha=0.3)
     suffix = f", {len(shown)} of {len(ops)} ops shown" if len(shown) < len(ops) else ""
     ax.set_title(f"per-op fp32 fallback frequency{suffix}")
+    fig.savefig(path, dpi=100)
+    return None
+
+
+def best_sparsity(result: TuningResult, path: str) -> str | None:
+    """Per-op sparsity of the best plan: share of each op's weights zeroed or removed."""
+    report = getattr(result.best_model, "autoquant_pruning", None)
+    if report is None or not report.ops:
+        return "the best plan prunes nothing"
+    ops = list(report.ops)[:_MAX_OPS]
+    fig = _figure(7.5, 1.2 + 0.28 * len(ops))
+    ax = fig.subplots()
+    ys = list(range(len(ops)))
+    ax.barh(ys, [report.ops[o]["sparsity"] for o in ops], color="tab:green")
+    labels = [f"{o} ({report.ops[o]['pattern']})" for o in ops]
+    ax.set_yticks(ys, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("sparsity (share of weights zeroed or removed)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(
+        f"best plan: {len(report.ops)} pruned ops, params {report.params[0]} -> {report.params[1]}"
+    )
     fig.savefig(path, dpi=100)
     return None
 

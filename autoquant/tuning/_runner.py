@@ -130,6 +130,30 @@ def _free(dropped: weakref.ref[nn.Module] | None) -> None:
         gc.collect()
 
 
+def _fine_tune(model: nn.Module, train_fn: Callable[..., Any]) -> None:
+    """``train_fn(model)`` (or ``train_fn(model, budget)`` with the default
+    :class:`~autoquant.qat.train.TrainBudget`) on a pruned model, keeping its pruned
+    weights at zero.
+
+    Removed channels are gone from the layers; zeroed weights (unstructured, N:M) are
+    masked again after training so the pattern holds exactly.
+    """
+    zeros = {
+        name: p == 0
+        for name, p in model.named_parameters()
+        if p.dim() >= 2 and bool((p == 0).any())
+    }
+    model.train()
+    from autoquant.qat.train import TrainBudget, call_train_fn
+
+    with torch.inference_mode(False), torch.enable_grad():
+        call_train_fn(train_fn, model, TrainBudget())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name in zeros:
+                p.masked_fill_(zeros[name], 0.0)
+
+
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
@@ -142,11 +166,17 @@ class Runner:
         calib_data: Iterable[Any] | None,
         config: TuningConfig,
         example_inputs: Any,
+        train_fn: Callable[[nn.Module], None] | None = None,
     ) -> None:
         from autoquant.backends import get_backend
         from autoquant.discovery import discover
 
         self.model, self.eval_fn, self.config = model, eval_fn, config
+        self.train_fn = train_fn
+        # prune key -> (pruned float model, its statistics, its build reuse): calibration
+        # statistics depend on the pruning part of a plan, so they are cached by it. Two
+        # entries: consecutive trials mostly vary one dimension at a time.
+        self._pruned: dict[str, tuple[nn.Module, Any, Any]] = {}
         self.calib_data = calib_data
         self.backend = get_backend(config.backend)
         self.with_reporter = _takes_reporter(eval_fn)
@@ -184,6 +214,9 @@ class Runner:
             # One batch for the build self-check: a plan whose kernels depart from its
             # math fails its trial with the self-check's message.
             self.calib_data, self.check_batch = _peek_batch(self.calib_data)
+            if self.space.prune_units and iter(self.calib_data) is self.calib_data:
+                # Each pruned model is calibrated again: a one-shot iterator is kept.
+                self.calib_data = list(self.calib_data)
             self.stats = calibrate(
                 self.model,
                 self.calib_data,
@@ -231,18 +264,93 @@ class Runner:
 
     def build(self, plan: Any, *, candidate: bool = True) -> nn.Module:
         """A trial candidate (shares float tensors and cached quantized ops, read-only),
-        or with ``candidate=False`` an independent model (the result)."""
-        from autoquant.backends._selfcheck import verify_kernels
+        or with ``candidate=False`` an independent model (the result).
 
+        A plan that prunes is built from its pruned float model (pruned, fine-tuned
+        with ``train_fn`` and calibrated once per distinct pruning part)."""
+        from autoquant.backends._selfcheck import verify_kernels
+        from autoquant.pruning.apply import split_plan
+
+        specs, quant_plan = split_plan(plan)
+        model, stats, reuse = self.model, self.stats, self.reuse
+        report = None
+        if specs:
+            model, stats, reuse = self._pruned_model(specs)
+            report = model.autoquant_pruning
         with warnings.catch_warnings():
             # Each trial would repeat the same build warnings; the first build showed them.
             warnings.simplefilter("ignore")
-            built = self.backend.build(
-                self.model, plan, self.stats, reuse=self.reuse if candidate else None
-            )
+            built = self.backend.build(model, quant_plan, stats, reuse=reuse if candidate else None)
             if self.check_batch is not None:
                 verify_kernels(built, *self.check_batch)
+        if report is not None:
+            built.autoquant_pruning = report
         return built
+
+    def _pruned_model(self, specs: dict[str, Any]) -> tuple[nn.Module, Any, Any]:
+        from autoquant.backends.base import BuildReuse
+        from autoquant.pruning.apply import prune, prune_key
+
+        key = prune_key(specs)
+        if key in self._pruned:
+            return self._pruned[key]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pruned, report = prune(self.model, specs)
+        if self.train_fn is not None:
+            _fine_tune(pruned, self.train_fn)
+        pruned.eval()
+        stats = None
+        if self.stats is not None:
+            from autoquant.calibration import calibrate
+
+            stats = calibrate(
+                pruned, self.calib_data, backend=self.backend, max_samples=self.config.calib_samples
+            )
+            self.calibration_passes += 1
+        if len(self._pruned) >= 2:
+            self._pruned.pop(next(iter(self._pruned)))
+        self._pruned[key] = (pruned, stats, BuildReuse())
+        return self._pruned[key]
+
+    def prune_sensitivity(self) -> dict[str, dict[str, float]]:
+        """Per pruning unit and label: relative output error on calibration data of the
+        float model with only that op pruned that way (no quantization, no evaluation)."""
+        from autoquant.pruning.apply import prune
+
+        inputs = self._sensitivity_inputs()
+        with torch.inference_mode():
+            reference = [first_tensor(call_model(self.model, x)).float() for x in inputs]
+        norm = sum(float(ref.pow(2).sum()) for ref in reference) or 1.0
+        scores: dict[str, dict[str, float]] = {}
+        for name, unit in self.space.prune_units.items():
+            scores[name] = {unit.default: 0.0}
+            for label, spec in zip(unit.labels[1:], unit.specs[1:], strict=True):
+                if self.deadline is not None and time.monotonic() > self.deadline:
+                    return scores
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    pruned, _ = prune(self.model, {unit.fqn: spec})
+                with torch.inference_mode():
+                    err = sum(
+                        float((first_tensor(call_model(pruned, x)).float() - ref).pow(2).sum())
+                        for x, ref in zip(inputs, reference, strict=True)
+                    )
+                scores[name][label] = err / norm if math.isfinite(err) else math.inf
+        return scores
+
+    def _sensitivity_inputs(self) -> list[Any]:
+        from autoquant._data import iter_batches
+
+        inputs: list[Any] = []
+        if self.calib_data is not None:
+            for args, kwargs, _ in iter_batches(
+                self.calib_data, max_samples=min(32, self.config.calib_samples)
+            ):
+                inputs.append(from_batch(args, kwargs))
+        else:
+            inputs.append(self.example)
+        return inputs
 
     def sensitivity(self) -> dict[str, float]:
         """Relative output error with one unit quantized at its default config."""

@@ -61,9 +61,11 @@ def tune(
             batch).
         callbacks: :class:`~autoquant.tuning.callbacks.TuningCallback` objects (MLflow
             tracking, progress display) told about the start, every trial and the end.
-        train_fn: ``train_fn(model)`` or ``train_fn(model, budget)``, fine-tunes a QAT
-            model in place (needed when ``"qat"`` is in ``approaches``; see
-            :mod:`autoquant.tuning._qat`). It only ever gets a copy.
+        train_fn: ``train_fn(model)`` or ``train_fn(model, budget)``, fine-tunes a model
+            in place, on a copy: a QAT model (needed when ``"qat"`` is in ``approaches``;
+            see :mod:`autoquant.tuning._qat`), and each pruned float model
+            (``prune_patterns`` in the space) before it is calibrated, after which zeroed
+            weights are masked again.
     """
     import optuna
 
@@ -77,7 +79,7 @@ def tune(
     # A misspelt strategy fails here, before the model is discovered or calibrated.
     get_strategy(config.strategy)
     calib_data = _check_qat(config, calib_data, train_fn)
-    engine = Runner(model, eval_fn, calib_data, config, example_inputs)
+    engine = Runner(model, eval_fn, calib_data, config, example_inputs, train_fn=train_fn)
     log.info("%s", engine.space.describe())
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -263,6 +265,11 @@ def _check_qat(
     """Refuse a QAT space without what it needs; keep one-shot calibration data."""
     from autoquant.errors import ConfigError
 
+    if train_fn is not None and not callable(train_fn):
+        raise ConfigError(
+            f"train_fn must be callable as train_fn(model) or train_fn(model, budget), but "
+            f"got {train_fn!r}."
+        )
     if "qat" not in config.approaches:
         return calib_data
     if train_fn is None or not callable(train_fn):

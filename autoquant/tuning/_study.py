@@ -174,7 +174,9 @@ def _prepare(engine: Runner, study: Any, state: Any, lead: bool) -> tuple[Metric
         return scores
 
     strategy = get_strategy(config.strategy)(
-        StrategyContext(engine.space, config, baseline, sensitivity)
+        StrategyContext(
+            engine.space, config, baseline, sensitivity, prune_sensitivity=engine.prune_sensitivity
+        )
     )
     study.sampler = strategy.sampler()
     if lead:

@@ -79,6 +79,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "observers": ("space", "observers"),
     "tie": ("space", "tie"),
     "include_simulated": ("space", "include_simulated"),
+    "prune_patterns": ("space", "prune_patterns"),
+    "prune_ratios": ("space", "prune_ratios"),
     "calib_samples": ("budget", "calib_samples"),
     "latency_threads": ("latency", "threads"),
     "latency_repeats": ("latency", "repeats"),
@@ -175,6 +177,9 @@ class SpaceConfig:
         much smaller space).
     include_simulated: allow configs without a real kernel (fake-quant). Off by default:
         their latency is not quantized speed.
+    prune_patterns: pruning patterns searched per op (``channel``, ``unstructured``,
+        ``"N:M"`` such as ``"2:4"``); empty (the default): no pruning dimension.
+    prune_ratios: ratios searched for ``channel`` and ``unstructured`` (each in (0, 1)).
     """
 
     search: tuple[str, ...] = ("approach", "scheme", "observer")
@@ -182,8 +187,39 @@ class SpaceConfig:
     observers: tuple[str, ...] = ("minmax", "kl", "percentile", "mse")
     tie: str = "op"
     include_simulated: bool = False
+    prune_patterns: tuple[str, ...] = ()
+    prune_ratios: tuple[float, ...] = (0.25, 0.5)
 
     def __post_init__(self) -> None:
+        from autoquant.pruning.spec import parse_nm
+
+        for field in ("prune_patterns", "prune_ratios"):
+            value = getattr(self, field)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                raise _fail("space", field, value, "a tuple or list")
+            object.__setattr__(self, field, tuple(value))
+        bad = [
+            p
+            for p in self.prune_patterns
+            if p not in ("channel", "unstructured")
+            and not (
+                parse_nm(p) is not None and 0 < parse_nm(p)[0] < parse_nm(p)[1]  # type: ignore[index]
+            )
+        ]
+        if bad:
+            raise _fail(
+                "space",
+                "prune_patterns",
+                self.prune_patterns,
+                f"a subset of ['channel', 'unstructured', 'N:M' like '2:4'] ({bad} unknown)",
+            )
+        if any(not _is_number(r) or not 0 < r < 1 for r in self.prune_ratios) or (
+            self.prune_patterns and not self.prune_ratios
+        ):
+            raise _fail(
+                "space", "prune_ratios", self.prune_ratios, "a non-empty tuple of numbers in (0, 1)"
+            )
+        object.__setattr__(self, "prune_ratios", tuple(sorted(set(map(float, self.prune_ratios)))))
         for field in ("search", "approaches", "observers"):
             # Fix: a bare string was split into characters ("static" -> ('s', 't', ...)).
             value = getattr(self, field)

@@ -140,7 +140,7 @@ class TuningResult:
         for t in self.trials:
             states[t.state] = states.get(t.state, 0) + 1
         b, q = self.baseline, self.best
-        fp32 = [f for f, c in self.best_plan.items() if c is None]
+        fp32 = [f for f, c in self.best_plan.items() if c is None or not c.quantized]
         lines = [
             f"goal {'MET' if self.met else 'NOT MET'}: {self.config.criterion} loss <= "
             f"{self.config.tolerable_loss:g} ({self.config.strategy}, {len(self.trials)} trials, "
@@ -152,6 +152,20 @@ class TuningResult:
             + ", ".join(f"{k} {v}" for k, v in sorted(states.items())),
             f"ops kept in fp32 ({len(fp32)}/{len(self.best_plan)}): {', '.join(fp32) if fp32 else 'none'}",
         ]
+        report = getattr(self.best_model, "autoquant_pruning", None)
+        if report is not None:
+            pruned = [
+                f"{f} {op['pattern']} sparsity {op['sparsity']:.2f}"
+                + (
+                    f" ({op['channels'][0]} -> {op['channels'][1]} channels)"
+                    if "channels" in op
+                    else ""
+                )
+                for f, op in report.ops.items()
+            ]
+            lines.append(f"pruned ops ({len(pruned)}): {', '.join(pruned) or 'none'}")
+            if report.left_whole:
+                lines.append(f"left whole (cannot be pruned safely): {report.left_whole}")
         if q.simulated_ops:
             lines.append(f"SIMULATED ops (latency is not quantized speed): {list(q.simulated_ops)}")
         return "\n".join(lines)

@@ -31,9 +31,12 @@ if TYPE_CHECKING:
     from autoquant.plan import Plan
     from autoquant.tuning.config import TuningConfig
 
-__all__ = ["FP32", "SearchSpace"]
+__all__ = ["FP32", "NO_PRUNE", "PRUNE_PREFIX", "SearchSpace"]
 
 FP32 = "fp32"
+#: The label of "not pruned" in a pruning unit, and the prefix of those units' names.
+NO_PRUNE = "none"
+PRUNE_PREFIX = "prune:"
 
 
 def _fit(spec: QuantSpec, support: SpecSupport) -> QuantSpec | None:
@@ -177,12 +180,72 @@ class Unit:
         return self.labels[0]
 
 
-class SearchSpace:
-    """Per-unit choices of op configs (plus fp32) over a model's quantizable ops."""
+@dataclass(frozen=True)
+class PruneUnit:
+    """One pruning parameter: the op it prunes and its labelled specs (``none`` first).
 
-    def __init__(self, ops: list[OpInfo], units: list[Unit], tie: str) -> None:
+    Channel specs of ops tied by a residual add are one unit (on the group's first op):
+    the group loses the same channels.
+    """
+
+    name: str
+    fqn: str
+    labels: tuple[str, ...]
+    specs: tuple[Any, ...]  # PruneSpec | None
+
+    @property
+    def default(self) -> str:
+        return self.labels[0]
+
+
+def _prune_units(model: nn.Module, ops: list[OpInfo], config: TuningConfig) -> list[PruneUnit]:
+    """Per-op pruning choices that can really be applied to this model."""
+    from autoquant.pruning.masks import nm_fits
+    from autoquant.pruning.spec import PruneSpec, parse_nm
+    from autoquant.pruning.structural import channel_groups
+
+    patterns = config.prune_patterns
+    if not patterns:
+        return []
+    prunable = [op.fqn for op in ops if op.op_type in ("Linear", "Conv1d", "Conv2d")]
+    groups = channel_groups(model, prunable) if "channel" in patterns else {}
+    claimed: set[str] = set()
+    units = []
+    for fqn in prunable:
+        weight = model.get_submodule(fqn).weight
+        specs: list[Any] = [None]
+        for pattern in patterns:
+            nm = parse_nm(pattern)
+            if nm is not None:
+                if nm_fits(weight.shape, nm[1]):
+                    specs.append(PruneSpec(pattern=pattern))
+                continue
+            if pattern == "channel":
+                group = groups[fqn]
+                if not group.safe or fqn in claimed:
+                    continue  # left whole (the reason is in channel_groups), or tied
+                claimed.update(group.producers)
+            specs.extend(PruneSpec(pattern=pattern, ratio=r) for r in config.prune_ratios)
+        if len(specs) > 1:
+            labels = (NO_PRUNE, *(s.short() for s in specs[1:]))
+            units.append(PruneUnit(PRUNE_PREFIX + fqn, fqn, labels, tuple(specs)))
+    return units
+
+
+class SearchSpace:
+    """Per-unit choices of op configs (plus fp32) over a model's quantizable ops, and
+    per-op pruning choices (:attr:`prune_units`, only with ``prune_patterns`` set)."""
+
+    def __init__(
+        self,
+        ops: list[OpInfo],
+        units: list[Unit],
+        tie: str,
+        prune_units: list[PruneUnit] | None = None,
+    ) -> None:
         self.ops = ops
         self.units = {u.name: u for u in units}
+        self.prune_units = {u.name: u for u in prune_units or []}
         self.tie = tie
         self._op_types = {op.fqn: op.op_type for op in ops}
         self._unit_of = {fqn: u.name for u in units for fqn in u.fqns}
@@ -235,7 +298,7 @@ class SearchSpace:
                 f"search={config.search}, approaches={config.approaches} (static needs "
                 "calibration data). Widen the search or check autoquant.capability_table()."
             )
-        return cls(ops, units, config.tie)
+        return cls(ops, units, config.tie, _prune_units(model, ops, config))
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -247,7 +310,9 @@ class SearchSpace:
 
     @property
     def log10_size(self) -> float:
-        return sum(math.log10(len(u.labels)) for u in self.units.values())
+        return sum(math.log10(len(u.labels)) for u in self.units.values()) + sum(
+            math.log10(len(u.labels)) for u in self.prune_units.values()
+        )
 
     @property
     def needs_calibration(self) -> bool:
@@ -260,11 +325,18 @@ class SearchSpace:
     def distributions(self) -> dict[str, optuna.distributions.CategoricalDistribution]:
         from optuna.distributions import CategoricalDistribution
 
-        return {name: CategoricalDistribution(list(u.labels)) for name, u in self.units.items()}
+        out = {name: CategoricalDistribution(list(u.labels)) for name, u in self.units.items()}
+        out.update(
+            (name, CategoricalDistribution(list(u.labels))) for name, u in self.prune_units.items()
+        )
+        return out
 
     def default_params(self) -> dict[str, str]:
-        """Every unit at its default config: the first trial of most strategies."""
-        return {name: u.default for name, u in self.units.items()}
+        """Every unit at its default config (nothing pruned): the first trial of most
+        strategies."""
+        out = {name: u.default for name, u in self.units.items()}
+        out.update((name, u.default) for name, u in self.prune_units.items())
+        return out
 
     def with_fp32(self, params: Mapping[str, str], units: list[str] | set[str]) -> dict[str, str]:
         out = dict(params)
@@ -291,6 +363,21 @@ class SearchSpace:
                 ) from None
             for fqn in unit.fqns:
                 configs[fqn] = cfg
+        for name, punit in self.prune_units.items():
+            label = params.get(name, punit.default)
+            try:
+                spec = punit.specs[punit.labels.index(label)]
+            except ValueError:
+                raise ConfigError(
+                    f"unit {name!r} has no choice {label!r}; its choices are {list(punit.labels)}."
+                ) from None
+            if spec is not None:
+                cfg = configs[punit.fqn]
+                configs[punit.fqn] = (
+                    OpConfig(approach="float", prune=spec)
+                    if cfg is None
+                    else cfg.replace(prune=spec)
+                )
         return Plan(configs, self._op_types)
 
     def describe(self) -> str:
@@ -302,4 +389,6 @@ class SearchSpace:
             lines.append(
                 f"  {name:<28} {u.op_type:<10} {len(u.labels)} choices, default {u.default}"
             )
+        for name, pu in self.prune_units.items():
+            lines.append(f"  {name:<28} {'prune':<10} {list(pu.labels)}")
         return "\n".join(lines)

@@ -128,7 +128,8 @@ def test_to_dict_keeps_the_flat_keys_mlflow_and_studies_record():
     assert list(d) == [
         "criterion", "tolerable_loss", "higher_is_better", "objective", "strategy",
         "max_trials", "timeout", "stop_on_first_pass", "max_failure_rate", "search",
-        "approaches", "observers", "tie", "include_simulated", "calib_samples",
+        "approaches", "observers", "tie", "include_simulated", "prune_patterns",
+            "prune_ratios", "calib_samples",
         "latency_threads", "latency_repeats", "latency_warmup", "min_latency_gain",
         "metric_bounds", "seed", "backend", "storage", "study_name", "heartbeat_interval",
         "qat_epochs", "qat_lr_scales", "qat_steps", "qat_trials", "qat_learn_scales",

@@ -53,12 +53,24 @@ class StrategyContext:
         config: TuningConfig,
         baseline: Metrics,
         sensitivity: Callable[[], dict[str, float]],
+        prune_sensitivity: Callable[[], dict[str, dict[str, float]]] | None = None,
     ) -> None:
         self.space = space
         self.config = config
         self.baseline = baseline
         self._sensitivity = sensitivity
         self._scores: dict[str, float] | None = None
+        self._prune_sensitivity = prune_sensitivity
+        self._prune_scores: dict[str, dict[str, float]] | None = None
+
+    def prune_sensitivity(self) -> dict[str, dict[str, float]]:
+        """Per pruning unit and label, higher = more sensitive: output error on
+        calibration data of the float model with only that op pruned that way. Computed
+        once, cached; empty without pruning units."""
+        if self._prune_scores is None:
+            fn = self._prune_sensitivity
+            self._prune_scores = fn() if fn is not None and self.space.prune_units else {}
+        return self._prune_scores
 
     @property
     def scores(self) -> dict[str, float] | None:
@@ -103,6 +115,43 @@ class Strategy(ABC):
         """Passing beats failing; among passing, the objective (latency by a clear
         margin); among failing, accuracy (see :func:`autoquant.tuning.objective.better`)."""
         return objective.better(self.config, new, old)
+
+    def prune_refinement(
+        self, params: dict[str, str], record: TrialRecord
+    ) -> Generator[Proposal, TrialRecord, tuple[dict[str, str], TrialRecord]]:
+        """Once a plan passes: prune each op as far as the goal allows.
+
+        Ops are taken least sensitive first (their output error at their largest ratio,
+        from :meth:`StrategyContext.prune_sensitivity`); for each, its choices are tried
+        from the largest ratio down, and the first that passes and is better (faster by
+        the objective's margin) is kept. Returns the best parameters and record.
+        """
+        units = self.space.prune_units
+        best_params, best = dict(params), record
+        if not units or not best.passed:
+            return best_params, best
+        scores = self.context.prune_sensitivity()
+
+        def ratio(unit: str, label: str) -> float:
+            spec = units[unit].specs[units[unit].labels.index(label)]
+            return 0.0 if spec is None else float(spec.ratio)
+
+        def worst(unit: str) -> float:
+            s = scores.get(unit, {})
+            return max(s.values()) if s else 0.0
+
+        for unit in sorted(units, key=worst):
+            labels = [lab for lab in units[unit].labels if lab != units[unit].default]
+            # Largest ratio first; equal ratios least sensitive first.
+            labels.sort(key=lambda lab, u=unit: (-ratio(u, lab), scores.get(u, {}).get(lab, 0.0)))
+            for label in labels:
+                candidate = dict(best_params)
+                candidate[unit] = label
+                rec = yield candidate
+                if rec.passed and self.better(rec, best):
+                    best_params, best = candidate, rec
+                    break
+        return best_params, best
 
     def speed_refinement(self, params: dict[str, str], record: TrialRecord) -> Steps:
         """Once a plan passes: keep an op in fp32 where that is faster and still passes.

@@ -85,6 +85,7 @@ class BasicStrategy(Strategy):
                     if rec.passed:
                         best_params, best = candidate, rec
         if not self.config.stop_on_first_pass:
+            best_params, best = yield from self.prune_refinement(best_params, best)
             yield from self.speed_refinement(best_params, best)
 
     def _may_be_faster(self, unit: str, current: str, label: str) -> bool:

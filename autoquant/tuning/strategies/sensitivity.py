@@ -48,4 +48,5 @@ class SensitivityStrategy(Strategy):
                 if rec.passed:
                     fallen, best_params, best = remaining, candidate, rec
         if not self.config.stop_on_first_pass:
+            best_params, best = yield from self.prune_refinement(best_params, best)
             yield from self.speed_refinement(best_params, best)

@@ -132,7 +132,8 @@ def test_ray_workers_share_one_study_and_survive_a_killed_worker(
             "storage.heartbeat_interval=1",
             "strategy=random",
             f"tuning.max_trials={MAX_TRIALS}",
-            "tuning.latency.repeats=300",  # ~1 s per trial: time to catch one mid-way
+            "model=digits",
+            "tuning.latency.repeats=300",  # ~1 s per trial (digits): time to catch one mid-way
             "output.progress=log",
             "output.save_model=false",
             f"tracking.uri=sqlite:///{db}",

@@ -1,7 +1,7 @@
 """``autoquant``: the main job, a Hydra app over conf/.
 
-``autoquant`` with no arguments tunes the embedded default (a CNN on scikit-learn's
-digits, static int8, at most 1% relative accuracy loss), records every trial in MLflow
+``autoquant`` with no arguments tunes the embedded default (an MLP on scikit-learn's
+breast-cancer data, static/dynamic int8, at most 1% relative accuracy loss), records every trial in MLflow
 and writes ``summary.json`` and the best model into the Hydra run directory. Everything
 is a config group (``model``, ``data``, ``space``, ``strategy``, ``tuning``, ``backend``,
 ``tracking``, ``storage``); ``autoquant -m tuning.tolerable_loss=0.005,0.01

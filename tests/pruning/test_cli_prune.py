@@ -13,6 +13,7 @@ def test_prune_quant_space_reports_sparsity_and_sizes(tmp_path: Path) -> None:
     out = _run(
         [
             *FAST,
+            "model=digits",  # its conv channels prune; the default MLP's fc1 needs fp32
             "space=prune_quant",
             "space.approaches=[static]",
             "space.search=[]",

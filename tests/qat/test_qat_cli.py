@@ -31,6 +31,7 @@ def test_train_sgd_runs_qat_trials_recorded_in_mlflow(tmp_path: Path) -> None:
     out = _run(
         [
             *FAST,
+            "model=digits",  # the model with a train data factory (data/digits.yaml)
             "space.approaches=[qat]",
             "train=sgd",
             "train.qat.trials=1",

@@ -48,7 +48,7 @@ def main() -> None:
             states[t.state] = states.get(t.state, 0) + 1
         print(
             f"search{label}: {len(result.trials)} trials {states}, met {result.met}, "
-            f"best trial {result.best.number}, fp32 ops {fp32_ops}"
+            f"best trial {result.best_trial}, fp32 ops {fp32_ops}"
         )
         if not label:
             models["first plan (all static int8)"] = autoquant.quantize(
@@ -57,7 +57,7 @@ def main() -> None:
         models[f"best plan{label}"] = result.best_model
         if hasattr(autoquant, "deploy") and not label:
             models["best plan, deployed (compiled)"] = autoquant.quantize(
-                model, result.best.plan, calib, compile=True
+                model, result.best_plan, calib, compile=True
             )
     if hasattr(autoquant, "deploy"):
         compiled = torch.compile(model)

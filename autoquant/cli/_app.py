@@ -1,11 +1,11 @@
 """``autoquant``: the main job, a Hydra app over conf/.
 
 ``autoquant`` with no arguments tunes the embedded default (an MLP on scikit-learn's
-breast-cancer data, static/dynamic int8, at most 1% relative accuracy loss), records every trial in MLflow
-and writes ``summary.json`` and the best model into the Hydra run directory. Everything
-is a config group (``model``, ``data``, ``space``, ``strategy``, ``tuning``, ``backend``,
-``tracking``, ``storage``); ``autoquant -m tuning.tolerable_loss=0.005,0.01
-strategy=basic,tpe`` sweeps.
+breast-cancer data, static/dynamic int8, at most 1% relative accuracy loss, the goal
+binding on its input layer), records every trial in MLflow and writes ``summary.json``
+and the best model into the Hydra run directory. Everything is a config group
+(``model``, ``data``, ``space``, ``strategy``, ``tuning``, ``backend``, ``tracking``,
+``storage``); ``autoquant -m tuning.tolerable_loss=0.005,0.01 strategy=basic,tpe`` sweeps.
 
 Start-up stays fast: torch, optuna and mlflow are imported only once the job runs.
 """

@@ -164,14 +164,15 @@ def measure_deployed_latency(
         raise ValueError(f"threads must be >= 1, but got {threads!r}.")
     args, kwargs = as_inputs(example_inputs)
     prev_threads = torch.get_num_threads()
-    fast = deployed(model)
+    was_training = model.training
     try:
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            fast(*args, **kwargs)  # compiles
-    finally:
-        torch.set_num_threads(prev_threads)
-    try:
+        fast = deployed(model)
+        try:
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                fast(*args, **kwargs)  # compiles
+        finally:
+            torch.set_num_threads(prev_threads)
         stats = measure_latency(
             fast,
             example_inputs,
@@ -182,6 +183,7 @@ def measure_deployed_latency(
         )
     finally:
         release()
+        model.train(was_training)
     # The wrapper has no autoquant_info of its own: report the model's simulated ops.
     simulated = tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ()))
     return dataclasses.replace(stats, simulated_ops=simulated)

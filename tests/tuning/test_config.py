@@ -61,6 +61,9 @@ BAD = [
     ("latency_warmup", -1, ["an int >= 0"]),
     ("min_latency_gain", 1.0, ["[0, 1)"]),
     ("min_latency_gain", None, ["[0, 1)"]),
+    ("latency_mode", "compiled", ["'eager'", "'deployed'"]),
+    ("latency_verify_top", -1, ["an int >= 0"]),
+    ("latency_verify_top", 2.0, ["an int >= 0"]),
     ("metric_bounds", "1.0", ["None or a finite number"]),
     ("metric_bounds", math.nan, ["finite"]),
     ("seed", 1.5, ["an int"]),
@@ -125,7 +128,7 @@ def test_to_dict_keeps_the_flat_keys_mlflow_and_studies_record():
         "max_trials", "timeout", "stop_on_first_pass", "max_failure_rate", "search",
         "approaches", "observers", "tie", "include_simulated", "calib_samples",
         "latency_threads", "latency_repeats", "latency_warmup", "min_latency_gain",
-        "metric_bounds", "seed", "backend", "storage", "study_name", "heartbeat_interval",
+        "latency_mode", "latency_verify_top", "metric_bounds", "seed", "backend", "storage", "study_name", "heartbeat_interval",
     ]  # fmt: skip
     assert TuningConfig(**d) == TuningConfig(storage="sqlite:///x.db", study_name="s")
 

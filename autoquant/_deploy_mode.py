@@ -10,12 +10,15 @@ latency the tuner optimises follows it.
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = ["deployed", "bf16_model", "release", "FREEZING"]
+
+log = logging.getLogger("autoquant.deploy")
 
 # Inductor's freezing folds the weights into the compiled graph as constants (and lets
 # it pre-pack them for oneDNN); it is only valid without autograd, which deployment is.
@@ -37,18 +40,28 @@ class _Deployed(nn.Module):
         self.model = model
         self._compiled = torch.compile(model)
         self._first = True
+        self.compile_error: str | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._first:
             import torch._dynamo.config as dynamo_config
             import torch._inductor.config as inductor_config
 
-            with (
-                inductor_config.patch(freezing=FREEZING),
-                dynamo_config.patch(suppress_errors=True),
-                torch.no_grad(),
-            ):
-                out = self._compiled(*args, **kwargs)
+            try:
+                with (
+                    inductor_config.patch(freezing=FREEZING),
+                    dynamo_config.patch(suppress_errors=True),
+                    torch.no_grad(),
+                ):
+                    out = self._compiled(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - see below
+                # Kernels on quantized tensors (torch.ao modules) may not trace; such a
+                # model deploys eager, and says so (``compile_error``).
+                self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                log.warning("compile failed, running eager: %s", self.compile_error)
+                self._compiled = self.model
+                with torch.no_grad():
+                    out = self.model(*args, **kwargs)
             self._first = False
             return out
         with torch.no_grad():

@@ -86,13 +86,19 @@ def test_inputs_captured_per_op_and_calls_counted():
     assert not any(m._forward_pre_hooks for m in shared.modules())
 
 
-def test_hand_made_table_in_a_journal_study_predicts_without_timing(tmp_path):
-    """Entries written into the study by hand are what the table reads: nothing is timed,
-    and the prediction is the formula over those entries."""
+@pytest.fixture(params=["journal", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "journal":
+        return f"journal://{tmp_path / 'study.log'}"
+    return request.getfixturevalue("postgres_url")
+
+
+def test_hand_made_table_in_a_stored_study_predicts_without_timing(storage_url):
+    """Entries written into the study by hand are what the table reads back from the
+    storage: nothing is timed, and the prediction is the formula over those entries."""
     model = CancerMLP().eval()
     ops = discover(model)
-    storage = open_storage(f"journal://{tmp_path / 'study.log'}")
-    study = optuna.create_study(storage=storage, study_name="s")
+    study = optuna.create_study(storage=open_storage(storage_url), study_name="s")
     config = fast_config(latency_mode="deployed")
     table = LatencyTable(model, ops, get_backend("x86"), torch.randn(4, 30), config, study)
     hand = {"fc1": (1.0, 0.25), "fc2": (2.0, 0.5), "fc3": (2.0, 0.5), "fc4": (0.5, 0.75)}
@@ -103,9 +109,7 @@ def test_hand_made_table_in_a_journal_study_predicts_without_timing(tmp_path):
     assert table.key("fc2", DYNAMIC) == table.key("fc3", DYNAMIC)
     assert table.key("fc1", DYNAMIC) != table.key("fc2", DYNAMIC)
 
-    reloaded = optuna.load_study(
-        study_name="s", storage=open_storage(f"journal://{tmp_path / 'study.log'}")
-    )
+    reloaded = optuna.load_study(study_name="s", storage=open_storage(storage_url))
     fresh = LatencyTable(model, ops, get_backend("x86"), torch.randn(4, 30), config, reloaded)
     plan = Plan(
         {"fc1": DYNAMIC, "fc2": DYNAMIC, "fc3": None, "fc4": DYNAMIC},

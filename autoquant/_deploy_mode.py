@@ -37,8 +37,10 @@ class _Deployed(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model = model
-        self._compiled = torch.compile(model)
+        # Not registered as submodules: train()/eval() on the wrapper must not reach an
+        # exported graph (torch.export / PT2E models refuse train()/eval()).
+        self.__dict__["model"] = model
+        self.__dict__["_compiled"] = torch.compile(model)
         self._first = True
         self.compile_error: str | None = None
 
@@ -59,7 +61,7 @@ class _Deployed(nn.Module):
                 # model deploys eager, and says so (``compile_error``).
                 self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
                 log.warning("compile failed, running eager: %s", self.compile_error)
-                self._compiled = self.model
+                self.__dict__["_compiled"] = self.model
                 with torch.no_grad():
                     out = self.model(*args, **kwargs)
             self._first = False
@@ -70,8 +72,17 @@ class _Deployed(nn.Module):
 
 def deployed(model: nn.Module) -> nn.Module:
     """``model`` as a user deploys it (compiled on its first call; eval mode)."""
-    model.eval()
+    _set_eval(model)
     return _Deployed(model).eval()
+
+
+def _set_eval(model: nn.Module) -> None:
+    try:
+        model.eval()
+    except NotImplementedError:
+        # An exported program's module (PT2E) cannot switch modes; it is exported for
+        # inference already (torchao: move_exported_model_to_eval).
+        pass
 
 
 class _Bf16(nn.Module):

@@ -58,6 +58,8 @@ class LatencyStats:
     threads: int
     batch_size: int | None
     simulated_ops: tuple[str, ...] = ()
+    # measure_deployed_latency only: why the model could not be compiled and ran eager.
+    compile_error: str | None = None
 
     @property
     def quantized_speed(self) -> bool:
@@ -157,7 +159,8 @@ def measure_deployed_latency(
 ) -> LatencyStats:
     """:func:`measure_latency` of ``model`` in the execution mode a user deploys
     (``autoquant._deploy_mode.deployed``: compiled). The compile happens in an untimed
-    first call; the compiled code is released afterwards."""
+    first call; the compiled code is released afterwards. A model that cannot be
+    compiled is timed eager, as it would deploy, with ``compile_error`` saying why."""
     from autoquant._deploy_mode import deployed, release
 
     if threads < 1:
@@ -183,10 +186,13 @@ def measure_deployed_latency(
         )
     finally:
         release()
-        model.train(was_training)
+        if model.training != was_training:
+            model.train(was_training)
     # The wrapper has no autoquant_info of its own: report the model's simulated ops.
     simulated = tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ()))
-    return dataclasses.replace(stats, simulated_ops=simulated)
+    return dataclasses.replace(
+        stats, simulated_ops=simulated, compile_error=getattr(fast, "compile_error", None)
+    )
 
 
 def compare_latency(

@@ -371,12 +371,13 @@ def _markdown(
             if r.get(key):
                 lines.append(f"Predictor, verified plans at {title} (tune's latency inputs):")
                 lines.append("")
-                lines.append("| trial | predicted ms | measured ms | error |")
-                lines.append("|---|---|---|---|")
+                lines.append("| trial | predicted ms | measured ms | error | whole model ran |")
+                lines.append("|---|---|---|---|---|")
                 for v in r[key]:
+                    ran = "compiled" if v.get("compile_error") is None else "eager (no compile)"
                     lines.append(
                         f"| {v['trial']} | {v['predicted_ms']:.3f} | {v['measured_ms']:.3f} "
-                        f"| {v['error']:+.1%} |"
+                        f"| {v['error']:+.1%} | {ran} |"
                     )
                 lines.append("")
     return "\n".join(lines) + "\n"

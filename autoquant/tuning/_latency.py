@@ -308,6 +308,7 @@ def verify_leaders(engine: Any, study: Any, passing: list[Any], top: int) -> lis
                 predicted_ms=float(predicted if predicted is not None else r.metrics.latency_ms),
                 measured_ms=lat.median_ms,
                 measured_p90_ms=lat.p90_ms,
+                compile_error=lat.compile_error,
             )
             study.set_user_attr(_VERIFIED + r.plan_hash, v.to_dict())
         log.info(

@@ -113,6 +113,8 @@ class VerifiedPlan:
     predicted_ms: float
     measured_ms: float
     measured_p90_ms: float
+    # Why the whole model could not be compiled and was timed eager (None: compiled).
+    compile_error: str | None = None
 
     @property
     def error(self) -> float:
@@ -126,11 +128,12 @@ class VerifiedPlan:
             "predicted_ms": self.predicted_ms,
             "measured_ms": self.measured_ms,
             "measured_p90_ms": self.measured_p90_ms,
+            "compile_error": self.compile_error,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VerifiedPlan:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -254,6 +257,7 @@ class TuningResult:
             lines.append(
                 f"verified trial {v.trial}: predicted {v.predicted_ms:.3f} ms, measured "
                 f"{v.measured_ms:.3f} ms deployed ({v.error:+.1%})"
+                + ("" if v.compile_error is None else "; it could not compile and ran eager")
             )
         if q.simulated_ops:
             lines.append(f"SIMULATED ops (latency is not quantized speed): {list(q.simulated_ops)}")

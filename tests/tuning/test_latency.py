@@ -63,17 +63,37 @@ def _deployed_config(url: str, **changes):
 
 def test_prediction_subtracts_each_quantized_ops_saving_times_its_calls():
     table = {("a", None): 2.0, ("a", "q"): 1.0, ("b", None): 3.0, ("b", "q"): 1.5}
+    table[("c", None)] = 0.5
     calls = {"a": 1, "b": 2, "c": 1}
-    plan = {"a": "q", "b": "q", "c": None}
+
+    def op_ms(f, c):
+        return table[(f, c)]
+
+    # float ops alone sum to 2 + 2 * 3 + 0.5 = 8.5 <= 10: the plain difference,
     # 10 - 1 * (2 - 1) - 2 * (3 - 1.5) = 6; the float op c costs what it cost
-    assert predict(10.0, calls, lambda f, c: table[(f, c)], plan) == pytest.approx(6.0)
-    assert predict(10.0, calls, lambda f, c: table[(f, c)], {"a": None, "b": None}) == 10.0
+    assert predict(10.0, calls, op_ms, {"a": "q", "b": "q", "c": None}) == pytest.approx(6.0)
+    assert predict(10.0, calls, op_ms, {"a": None, "b": None, "c": None}) == 10.0
     # a quantized op slower than its float self makes the plan slower
     slower = {("a", None): 1.0, ("a", "q"): 4.0}
     assert predict(10.0, {"a": 1}, lambda f, c: slower[(f, c)], {"a": "q"}) == 13.0
-    # never below 1 % of the float latency, whatever the entries say
-    huge = {("a", None): 50.0, ("a", "q"): 0.0}
-    assert predict(10.0, {"a": 1}, lambda f, c: huge[(f, c)], {"a": "q"}) == pytest.approx(0.1)
+
+
+def test_ops_slower_alone_than_the_model_are_scaled_into_it():
+    """Float ops alone summing to more than the model (S = 40 > 10) are scaled by
+    c = 10 / 40: the prediction is 10 - 0.25 * saving, never negative, same ranking."""
+    table = {("a", None): 20.0, ("a", "q"): 2.0, ("b", None): 20.0, ("b", "q"): 10.0}
+
+    def op_ms(f, c):
+        return table[(f, c)]
+
+    both = predict(10.0, {}, op_ms, {"a": "q", "b": "q"})
+    only_a = predict(10.0, {}, op_ms, {"a": "q", "b": None})
+    only_b = predict(10.0, {}, op_ms, {"a": None, "b": "q"})
+    assert both == pytest.approx(10.0 - 0.25 * (18 + 10))  # 3.0
+    assert only_a == pytest.approx(10.0 - 0.25 * 18)
+    assert only_b == pytest.approx(10.0 - 0.25 * 10)
+    assert 0 < both < only_a < only_b < 10.0
+    # the plain difference would have predicted 10 - 28 < 0
 
 
 def test_inputs_captured_per_op_and_calls_counted():
@@ -115,8 +135,10 @@ def test_hand_made_table_in_a_stored_study_predicts_without_timing(storage_url):
         {"fc1": DYNAMIC, "fc2": DYNAMIC, "fc3": None, "fc4": DYNAMIC},
         {op.fqn: op.op_type for op in ops},
     )
-    # 5 - (1 - 0.25) - (2 - 0.5) - (0.5 - 0.75) = 3.0
-    assert fresh.predict(plan, 5.0) == pytest.approx(3.0)
+    # the float ops alone sum to 5.5 <= 6: 6 - (1 - 0.25) - (2 - 0.5) - (0.5 - 0.75) = 4.0
+    assert fresh.predict(plan, 6.0) == pytest.approx(4.0)
+    # within a 2.75 ms model they are scaled by 0.5: 2.75 - 0.5 * 2.0 = 1.75
+    assert fresh.predict(plan, 2.75) == pytest.approx(1.75)
     assert fresh.measured == 0
 
 

@@ -383,6 +383,20 @@ def _markdown(
     return "\n".join(lines) + "\n"
 
 
+_NOTES = "<!-- notes: kept when the tables above are regenerated -->"
+
+
+def _write_readme(path: Path, tables: str) -> None:
+    """The generated tables, then the hand-written notes of the previous README (from
+    the ``_NOTES`` marker on), so a rerun refreshes the numbers and keeps the analysis."""
+    notes = ""
+    if path.exists():
+        old = path.read_text()
+        if _NOTES in old:
+            notes = old[old.index(_NOTES) :]
+    path.write_text(tables + ("\n" + notes if notes else ""))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials, data and repeats")
@@ -407,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1, default=str))
         text = _markdown(results, args, (load_before, _uptime()))
-        (args.out / "README.md").write_text(text)
+        _write_readme(args.out / "README.md", text)
     print(text)
 
 

@@ -328,6 +328,11 @@ def _result(
     best_model = (qat_models or {}).get(best.number)
     if best_model is None:
         best_model = engine.build(best.plan, candidate=False)
+    if config.latency.mode == "deployed" and hasattr(best_model, "autoquant_info"):
+        # Hand back what was timed: the compiled form (it compiles on its first call).
+        from autoquant.quantizer import deploy
+
+        deploy(best_model)
     return TuningResult(
         met=bool(passing),
         baseline=baseline,

@@ -247,7 +247,7 @@ class Runner:
     def _measure(
         self, model: nn.Module, accuracy: float, baseline: float | None, plan: Any = None
     ) -> Metrics:
-        from autoquant.measure import measure_latency, size_bytes
+        from autoquant.measure import size_bytes
 
         if plan is not None and self.table is not None:
             # Deployed mode: the plan's compiled latency, predicted from the per-op table.
@@ -258,7 +258,8 @@ class Runner:
             return Metrics(
                 accuracy, loss, ms, ms, size_bytes(model), simulated, predicted_latency_ms=ms
             )
-        lat = measure_latency(
+        # The backend times its own models (wall clock on the CPU, CUDA events on a GPU).
+        lat = self.backend.latency(
             model,
             self.example,
             threads=self.config.latency_threads,
@@ -274,12 +275,16 @@ class Runner:
         # Fix: a two-argument eval_fn(model, report) was called as eval_fn(model) here and
         # raised TypeError before the first trial. The baseline has no trial to report to
         # and is never pruned, so it gets a reporter that ignores what it is sent.
-        accuracy = self._evaluate(self.model, _ignore_report if self.with_reporter else None)
+        # The float reference on this device (the model itself on the CPU; its float dtype
+        # on the GPU for backend="cuda").
+        reference = self.backend.baseline_model(self.model)
+        accuracy = self._evaluate(reference, _ignore_report if self.with_reporter else None)
         if not math.isfinite(accuracy):
             raise ConfigError(
                 f"eval_fn returned {accuracy} for the float model; it must be finite."
             )
-        metrics = self._measure(self.model, accuracy, None)
+        metrics = self._measure(reference, accuracy, None)
+        reference = None
         self.floats = FloatBaselines(fp32_eager_ms=metrics.latency_ms)
         if self.deployed:
             self.floats = self._float_baselines(metrics.latency_ms)

@@ -478,7 +478,7 @@ class TuningConfig:
     study: storage, study_name, heartbeat_interval.
     qat: qat_epochs, qat_lr_scales, qat_steps, qat_trials, qat_learn_scales,
         qat_freeze_bn_at (``QATSearchConfig``; used when ``"qat"`` is in approaches).
-    backend: quantization backend name (``x86``, ``simulated``).
+    backend: quantization backend name (``x86``, ``simulated``, ``cuda``; see ``capabilities``).
     """
 
     goal: GoalConfig

@@ -1,10 +1,10 @@
 """The execution mode a user deploys: the one place the tuner, the per-op latency table,
 the float baselines and the benchmark get it from.
 
-Today that is ``torch.compile`` (Inductor) with weight freezing, run without autograd.
-The built model's own deployed form (compiled kernels on plain tensors) replaces the body
-of :func:`deployed` when it lands; every caller goes through this function, so the
-latency the tuner optimises follows it.
+That is ``torch.compile`` (Inductor) with weight freezing, run without autograd: the
+same compile as :func:`autoquant.deploy` (``backends._deploy.compile_frozen``), which is
+what ``tune`` hands back in the deployed latency mode. Every caller goes through
+:func:`deployed`, so the latency the tuner optimises follows it.
 """
 
 from __future__ import annotations
@@ -16,23 +16,16 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["deployed", "bf16_model", "release", "FREEZING"]
+__all__ = ["deployed", "bf16_model", "release"]
 
 log = logging.getLogger("autoquant.deploy")
-
-# Inductor's freezing folds the weights into the compiled graph as constants (and lets
-# it pre-pack them for oneDNN); it is only valid without autograd, which deployment is.
-FREEZING = True
 
 
 class _Deployed(nn.Module):
     """``model`` compiled, called under no_grad.
 
-    Inductor reads its settings when it compiles, which is on the first call, not at
-    ``torch.compile``: the first call runs with the deploy-time settings (freezing; a
-    graph Inductor cannot compile runs eager instead of raising). Later calls skip them,
-    because entering them costs tens of microseconds per call, as much as a small
-    model's forward; a recompile for new input shapes then uses Inductor's defaults.
+    Compiling happens on the first call: a graph Inductor cannot compile then runs eager
+    instead of raising, and ``compile_error`` says why.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -40,21 +33,20 @@ class _Deployed(nn.Module):
         # Not registered as submodules: train()/eval() on the wrapper must not reach an
         # exported graph (torch.export / PT2E models refuse train()/eval()).
         self.__dict__["model"] = model
-        self.__dict__["_compiled"] = torch.compile(model)
+        # The same compile as autoquant.deploy (freezing for every compiled shape);
+        # importing it also hides Inductor's own copy-construct warning.
+        from autoquant.backends._deploy import compile_frozen
+
+        self.__dict__["_compiled"] = compile_frozen(model)
         self._first = True
         self.compile_error: str | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._first:
             import torch._dynamo.config as dynamo_config
-            import torch._inductor.config as inductor_config
 
             try:
-                with (
-                    inductor_config.patch(freezing=FREEZING),
-                    dynamo_config.patch(suppress_errors=True),
-                    torch.no_grad(),
-                ):
+                with dynamo_config.patch(suppress_errors=True), torch.no_grad():
                     out = self._compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - see below
                 # Kernels on quantized tensors (torch.ao modules) may not trace; such a

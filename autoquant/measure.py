@@ -11,6 +11,7 @@ Two numbers the tuner trades against accuracy:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ __all__ = [
     "LatencyStats",
     "measure_latency",
     "compare_latency",
+    "measure_deployed_latency",
     "size_bytes",
     "iter_state_tensors",
 ]
@@ -56,6 +58,8 @@ class LatencyStats:
     threads: int
     batch_size: int | None
     simulated_ops: tuple[str, ...] = ()
+    # measure_deployed_latency only: why the model could not be compiled and ran eager.
+    compile_error: str | None = None
 
     @property
     def quantized_speed(self) -> bool:
@@ -141,6 +145,53 @@ def measure_latency(
         threads=used_threads,
         batch_size=_batch_size(args, kwargs),
         simulated_ops=tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ())),
+    )
+
+
+def measure_deployed_latency(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    threads: int = 1,
+    warmup: int = 5,
+    repeats: int = 30,
+    min_time_s: float = 0.0,
+) -> LatencyStats:
+    """:func:`measure_latency` of ``model`` in the execution mode a user deploys
+    (``autoquant._deploy_mode.deployed``: compiled). The compile happens in an untimed
+    first call; the compiled code is released afterwards. A model that cannot be
+    compiled is timed eager, as it would deploy, with ``compile_error`` saying why."""
+    from autoquant._deploy_mode import deployed, release
+
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, but got {threads!r}.")
+    args, kwargs = as_inputs(example_inputs)
+    prev_threads = torch.get_num_threads()
+    was_training = model.training
+    try:
+        fast = deployed(model)
+        try:
+            torch.set_num_threads(threads)
+            with torch.inference_mode():
+                fast(*args, **kwargs)  # compiles
+        finally:
+            torch.set_num_threads(prev_threads)
+        stats = measure_latency(
+            fast,
+            example_inputs,
+            threads=threads,
+            warmup=warmup,
+            repeats=repeats,
+            min_time_s=min_time_s,
+        )
+    finally:
+        release()
+        if model.training != was_training:
+            model.train(was_training)
+    # The wrapper has no autoquant_info of its own: report the model's simulated ops.
+    simulated = tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ()))
+    return dataclasses.replace(
+        stats, simulated_ops=simulated, compile_error=getattr(fast, "compile_error", None)
     )
 
 

@@ -353,6 +353,8 @@ def cuda_latency(fn: Callable[[], Any], *, warmup: int = 10, repeats: int = 50) 
     times = sorted(s.elapsed_time(e) for s, e in pairs)
     return {
         "median_ms": statistics.median(times),
+        "mean_ms": statistics.fmean(times),
+        "min_ms": times[0],
         "p10_ms": times[len(times) // 10],
         "p90_ms": times[(len(times) * 9) // 10 - 1 if len(times) >= 10 else -1],
         "repeats": float(repeats),

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch.fx
     from torch import nn
 
+    from autoquant.measure import LatencyStats
     from autoquant.plan import Plan
     from autoquant.stats import CalibrationStats
 
@@ -153,6 +154,24 @@ class Backend:
         works module by module (statistics of each quantizable op's input and output).
         """
         return None
+
+    # -- measuring -------------------------------------------------------------------
+    def baseline_model(self, model: nn.Module) -> nn.Module:
+        """The float model a trial on this device is compared with (accuracy and
+        latency). The CPU backends compare with ``model`` itself; a GPU backend with the
+        model in its float dtype on the device."""
+        return model
+
+    def latency(
+        self, model: nn.Module, example_inputs: Any, *, threads: int, warmup: int, repeats: int
+    ) -> LatencyStats:
+        """Latency of a model this backend built (or of :meth:`baseline_model`), timed the
+        way this device must be timed (wall clock here; CUDA events on a GPU)."""
+        from autoquant.measure import measure_latency
+
+        return measure_latency(
+            model, example_inputs, threads=threads, warmup=warmup, repeats=repeats
+        )
 
     # -- building --------------------------------------------------------------------
     def prepare(self) -> None:

@@ -339,6 +339,41 @@ class CudaBackend(Backend):
         qmodel.autoquant_info = info
         return qmodel
 
+    def baseline_model(self, model: nn.Module) -> nn.Module:
+        """Trials on the GPU are compared with the model in the float dtype on the device
+        (:meth:`float_baseline`), not with the fp32 CPU model."""
+        return self.float_baseline(model)
+
+    def latency(
+        self, model: nn.Module, example_inputs: Any, *, threads: int, warmup: int, repeats: int
+    ) -> Any:
+        """CUDA events after warm-up and a synchronize, inputs moved to the GPU first
+        (:func:`device_latency`); ``threads`` does not apply to the GPU."""
+        from autoquant.inputs import as_inputs
+        from autoquant.measure import LatencyStats
+
+        times = device_latency(
+            model,
+            example_inputs,
+            warmup=warmup,
+            repeats=repeats,
+            device=self.device,
+            float_dtype=_dtype_name(self.float_dtype),
+        )
+        args, kwargs = as_inputs(example_inputs)
+        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        info = getattr(model, "autoquant_info", None)
+        return LatencyStats(
+            median_ms=times["median_ms"],
+            p90_ms=times["p90_ms"],
+            mean_ms=times["mean_ms"],
+            min_ms=times["min_ms"],
+            runs=int(times["repeats"]),
+            threads=torch.get_num_threads(),
+            batch_size=None if first is None or first.dim() == 0 else int(first.shape[0]),
+            simulated_ops=tuple(getattr(info, "simulated", ()) or ()),
+        )
+
     def float_baseline(self, model: nn.Module) -> nn.Module:
         """The GPU baseline of ``model``: every op float, in the float dtype, on the device
         (what a cuda trial's latency and accuracy should be compared with, not the fp32
@@ -413,6 +448,10 @@ def calibrate_on_device(
         raise UnsupportedConfigError(_no_cuda_message())
     on_device = copy.deepcopy(model).to(device)
     return calibrate(on_device, calib_data, backend=CudaBackend(device=device), **kwargs)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return next(name for name, d in FLOAT_DTYPES.items() if d == dtype)
 
 
 # -- latency -------------------------------------------------------------------------------

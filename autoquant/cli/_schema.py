@@ -42,6 +42,8 @@ CONF_KEYS: dict[str, str] = {
     "tuning.latency.repeats": "latency_repeats",
     "tuning.latency.warmup": "latency_warmup",
     "tuning.latency.min_gain": "min_latency_gain",
+    "tuning.latency.mode": "latency_mode",
+    "tuning.latency.verify_top": "latency_verify_top",
     "data.metric.higher_is_better": "higher_is_better",
     "data.metric.bounds": "metric_bounds",
     "space.search": "search",

@@ -379,6 +379,15 @@ class MlflowTracker(Tracker):
                 for f, op in report.ops.items()
             }
             metrics["best.params_after_pruning"] = float(report.params[1])
+        if result.float_baselines is not None:
+            fb = result.float_baselines
+            for key, value in fb.to_dict().items():
+                if value is not None:
+                    metrics[f"float.{key}"] = float(value)
+            metrics["speedup_vs_fastest_float"] = float(result.speedup)
+        for v in result.verified:
+            metrics[f"verified.trial_{v.trial}.predicted_ms"] = float(v.predicted_ms)
+            metrics[f"verified.trial_{v.trial}.measured_ms"] = float(v.measured_ms)
         if self.overhead_s:
             metrics["tracking.overhead_s_per_trial"] = sum(self.overhead_s) / len(self.overhead_s)
         summary = result.summary()

@@ -102,6 +102,12 @@ def metric_dict(m: Metrics, baseline: Metrics | None) -> dict[str, float]:
         "latency_p90_ms": float(m.latency_p90_ms),
         "size_bytes": float(m.size_bytes),
     }
+    # Deployed latency mode: the per-op table's prediction, and the end-to-end measurement
+    # of the plans timed before the final choice.
+    if m.predicted_latency_ms is not None:
+        out["predicted_latency_ms"] = float(m.predicted_latency_ms)
+    if m.deployed_latency_ms is not None:
+        out["deployed_latency_ms"] = float(m.deployed_latency_ms)
     if baseline is not None:
         if m.latency_ms > 0:
             out["speedup"] = baseline.latency_ms / m.latency_ms

@@ -10,8 +10,10 @@ cheap per-unit sensitivity scores. It knows nothing of studies or strategies.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import inspect
+import logging
 import math
 import time
 import traceback
@@ -29,10 +31,12 @@ from autoquant.errors import ConfigError
 from autoquant.inputs import call_model, first_tensor, from_batch
 from autoquant.tuning import objective
 from autoquant.tuning.config import TuningConfig
-from autoquant.tuning.result import Metrics, TrialRecord
+from autoquant.tuning.result import FloatBaselines, Metrics, TrialRecord
 from autoquant.tuning.space import FP32, SearchSpace
 
 __all__ = ["Reporter", "Runner"]
+
+log = logging.getLogger("autoquant.tuning")
 
 
 class _Prune(Exception):
@@ -201,6 +205,11 @@ class Runner:
         self.multi = objective.n_objectives(config) > 1
         self.scored = 0  # trials with full metrics so far
         self.baseline_metrics: Metrics | None = None
+        # Deployed latency mode: the float baselines and the per-op latency table (set
+        # when the study is open, see _study._prepare).
+        self.deployed = config.latency_mode == "deployed"
+        self.floats: FloatBaselines | None = None
+        self.table: Any = None
         from autoquant.backends.base import BuildReuse
 
         self.reuse = BuildReuse()
@@ -235,10 +244,22 @@ class Runner:
             raise TypeError(f"eval_fn must return a number, but returned {value!r}") from None
         return value
 
-    def _measure(self, model: nn.Module, accuracy: float, baseline: float | None) -> Metrics:
-        from autoquant.measure import measure_latency, size_bytes
+    def _measure(
+        self, model: nn.Module, accuracy: float, baseline: float | None, plan: Any = None
+    ) -> Metrics:
+        from autoquant.measure import size_bytes
 
-        lat = measure_latency(
+        if plan is not None and self.table is not None:
+            # Deployed mode: the plan's compiled latency, predicted from the per-op table.
+            assert self.floats is not None and self.floats.fp32_compiled_ms is not None
+            ms = self.table.predict(plan, self.floats.fp32_compiled_ms)
+            loss = 0.0 if baseline is None else self.config.loss(baseline, accuracy)
+            simulated = tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ()))
+            return Metrics(
+                accuracy, loss, ms, ms, size_bytes(model), simulated, predicted_latency_ms=ms
+            )
+        # The backend times its own models (wall clock on the CPU, CUDA events on a GPU).
+        lat = self.backend.latency(
             model,
             self.example,
             threads=self.config.latency_threads,
@@ -254,13 +275,56 @@ class Runner:
         # Fix: a two-argument eval_fn(model, report) was called as eval_fn(model) here and
         # raised TypeError before the first trial. The baseline has no trial to report to
         # and is never pruned, so it gets a reporter that ignores what it is sent.
-        accuracy = self._evaluate(self.model, _ignore_report if self.with_reporter else None)
+        # The float reference on this device (the model itself on the CPU; its float dtype
+        # on the GPU for backend="cuda").
+        reference = self.backend.baseline_model(self.model)
+        accuracy = self._evaluate(reference, _ignore_report if self.with_reporter else None)
         if not math.isfinite(accuracy):
             raise ConfigError(
                 f"eval_fn returned {accuracy} for the float model; it must be finite."
             )
-        self.baseline_metrics = self._measure(self.model, accuracy, None)
-        return self.baseline_metrics
+        metrics = self._measure(reference, accuracy, None)
+        reference = None
+        self.floats = FloatBaselines(fp32_eager_ms=metrics.latency_ms)
+        if self.deployed:
+            self.floats = self._float_baselines(metrics.latency_ms)
+            # The all-float plan deployed is fp32 compiled: trials are compared with it.
+            ms = self.floats.fp32_compiled_ms
+            metrics = dataclasses.replace(metrics, latency_ms=ms, deployed_latency_ms=ms)
+        self.baseline_metrics = metrics
+        return metrics
+
+    def _float_baselines(self, eager_ms: float) -> FloatBaselines:
+        """fp32 compiled and bf16 compiled latency, and the bf16 model's metric."""
+        from autoquant._deploy_mode import bf16_model
+        from autoquant.measure import measure_deployed_latency
+
+        def deployed_ms(model: nn.Module) -> float:
+            return measure_deployed_latency(
+                model,
+                self.example,
+                threads=self.config.latency_threads,
+                warmup=self.config.latency_warmup,
+                repeats=self.config.latency_repeats,
+            ).median_ms
+
+        compiled = deployed_ms(self.model)
+        bf16, bf16_ms, bf16_acc = None, None, None
+        try:
+            bf16 = bf16_model(self.model)
+            bf16_ms = deployed_ms(bf16)
+            value = self._evaluate(bf16, _ignore_report if self.with_reporter else None)
+            bf16_acc = value if math.isfinite(value) else None
+        except Exception as exc:  # noqa: BLE001 - a model without bf16 kernels has no bf16 baseline
+            log.warning("no bf16 baseline: %s: %s", type(exc).__name__, exc)
+        finally:
+            bf16 = None
+        return FloatBaselines(
+            fp32_eager_ms=eager_ms,
+            fp32_compiled_ms=compiled,
+            bf16_ms=bf16_ms,
+            bf16_accuracy=bf16_acc,
+        )
 
     def build(self, plan: Any, *, candidate: bool = True) -> nn.Module:
         """A trial candidate (shares float tensors and cached quantized ops, read-only),
@@ -413,7 +477,7 @@ class Runner:
             t2 = time.perf_counter()
             if not math.isfinite(accuracy):
                 raise FloatingPointError(f"eval_fn returned {accuracy}")
-            record.metrics = self._measure(candidate, accuracy, baseline.accuracy)
+            record.metrics = self._measure(candidate, accuracy, baseline.accuracy, plan)
             t3 = time.perf_counter()
             record.timings = {"build_s": t1 - t0, "eval_s": t2 - t1, "measure_s": t3 - t2}
             self.scored += 1

@@ -309,6 +309,9 @@ def _result(
             f"Errors: {errors or 'none recorded'}. Raise max_trials/timeout or fix the errors."
         )
     passing = [r for r in scored if r.passed]
+    verified = []
+    if passing and engine.table is not None and config.objective != "size":
+        passing, verified = _verify(engine, study, passing, records)
     if passing:
         best = objective.best(passing, config)
     else:
@@ -325,6 +328,11 @@ def _result(
     best_model = (qat_models or {}).get(best.number)
     if best_model is None:
         best_model = engine.build(best.plan, candidate=False)
+    if config.latency.mode == "deployed" and hasattr(best_model, "autoquant_info"):
+        # Hand back what was timed: the compiled form (it compiles on its first call).
+        from autoquant.quantizer import deploy
+
+        deploy(best_model)
     return TuningResult(
         met=bool(passing),
         baseline=baseline,
@@ -341,4 +349,23 @@ def _result(
         elapsed_s=time.monotonic() - engine.start,
         stopped_because=stop,
         finished_study=config.storage is None or finished_by_this_worker(study),
+        float_baselines=engine.floats,
+        verified=verified,
     )
+
+
+def _verify(
+    engine: Runner, study: Any, passing: list[TrialRecord], records: list[TrialRecord]
+) -> tuple[list[TrialRecord], list[Any]]:
+    """Deployed mode: the leading passing plans (by predicted latency) timed end to end;
+    the choice is made among them on the measured latency (all passing plans, by the
+    prediction, with ``latency_verify_top=0``). ``records`` get the measured metrics."""
+    from autoquant.tuning._latency import verify_leaders
+
+    top = engine.config.latency_verify_top
+    if top == 0:
+        return passing, []
+    timed = verify_leaders(engine, study, passing, top)
+    by_number = {r.number: r for r, _ in timed}
+    records[:] = [by_number.get(r.number, r) for r in records]
+    return [r for r, _ in timed], [v for _, v in timed]

@@ -153,16 +153,30 @@ def _prepare(engine: Runner, study: Any, state: Any, lead: bool) -> tuple[Metric
     baseline = state.load_baseline() if state is not None else None
     if baseline is not None:
         engine.baseline_metrics = baseline
+        engine.floats = state.load_floats()
         log.info("fp32 baseline (from the study): accuracy %.6g", baseline.accuracy)
     else:
         baseline = engine.baseline()
         if state is not None:
+            state.save_floats(engine.floats)
             state.save_baseline(baseline)
         log.info(
             "fp32 baseline: accuracy %.6g, latency %.3f ms, %d bytes",
             baseline.accuracy,
             baseline.latency_ms,
             baseline.size_bytes,
+        )
+
+    if engine.floats is not None and engine.floats.fp32_compiled_ms is not None:
+        log.info(
+            "float baselines: %s",
+            ", ".join(f"{k} {v:.3f} ms" for k, v in engine.floats.latencies().items()),
+        )
+    if engine.deployed:
+        from autoquant.tuning._latency import LatencyTable
+
+        engine.table = LatencyTable(
+            engine.model, engine.ops, engine.backend, engine.example, config, study
         )
 
     def sensitivity() -> dict[str, float]:
@@ -185,5 +199,7 @@ def _prepare(engine: Runner, study: Any, state: Any, lead: bool) -> tuple[Metric
         }
         recorded["storage"] = mask_url(config.storage)
         study.set_user_attr("baseline", baseline.to_dict())
+        if engine.floats is not None:
+            study.set_user_attr("float_baselines", engine.floats.to_dict())
         study.set_user_attr("config", recorded)
     return baseline, strategy

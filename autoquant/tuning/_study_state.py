@@ -1,4 +1,5 @@
-"""What the workers of one study share and compute once: calibration, baseline, scores.
+"""What the workers of one study share and compute once: calibration, baseline (with the
+float baselines: fp32 eager, fp32 compiled, bf16), scores.
 
 All of it lives in the study's user attributes, keyed by a *fingerprint* of the model
 (structure and weights), the calibration data and the settings that change what a
@@ -68,6 +69,7 @@ _FINGERPRINTED = (
     "latency_threads",
     "latency_repeats",
     "latency_warmup",
+    "latency_mode",
 )
 
 
@@ -217,6 +219,17 @@ class StudyState:
 
     def save_baseline(self, metrics: Any) -> None:
         self.put(f"baseline:{self.fp}", metrics.to_dict())
+
+    def load_floats(self) -> Any:
+        from autoquant.tuning.result import FloatBaselines
+
+        d = self.get(f"floats:{self.fp}")
+        return None if d is None else FloatBaselines.from_dict(d)
+
+    def save_floats(self, floats: Any) -> None:
+        # Written before the baseline: a worker that finds the baseline finds these too.
+        if floats is not None:
+            self.put(f"floats:{self.fp}", floats.to_dict())
 
     def load_sensitivity(self) -> dict[str, float] | None:
         d = self.get(f"sensitivity:{self.fp}")

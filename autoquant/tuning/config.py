@@ -50,6 +50,7 @@ __all__ = [
 # Fields of an op config the search can vary; the rest stay at the preset's value.
 SEARCH_DIMENSIONS = ("approach", "dtype", "scheme", "granularity", "observer", "reduce_range")
 OBJECTIVES = ("latency", "size", "latency+size")
+LATENCY_MODES = ("eager", "deployed")
 _CRITERIA = ("relative", "absolute")
 _TIES = ("op", "op_type")
 
@@ -86,6 +87,8 @@ FLAT: dict[str, tuple[str, str]] = {
     "latency_repeats": ("latency", "repeats"),
     "latency_warmup": ("latency", "warmup"),
     "min_latency_gain": ("latency", "min_gain"),
+    "latency_mode": ("latency", "mode"),
+    "latency_verify_top": ("latency", "verify_top"),
     "metric_bounds": ("goal", "metric_bounds"),
     "seed": ("budget", "seed"),
     "backend": ("", "backend"),
@@ -366,12 +369,23 @@ class LatencyConfig:
         calls first.
     min_gain: relative latency gain a strategy needs before it prefers one passing plan
         over another (medians on a shared CPU move by a few percent).
+    mode: what a trial's latency is. ``eager``: each candidate is timed as built, in
+        eager mode. ``deployed``: the latency a user deploying the model gets (compiled,
+        see ``autoquant._deploy_mode``); it is predicted from a per-op latency table
+        (each (op, config) timed once, alone, compiled, stored in the study), the float
+        baselines include fp32 compiled and bf16, and the leading passing plans are
+        timed end to end before the final choice.
+    verify_top: with ``mode="deployed"``, how many of the leading passing plans (by
+        predicted latency) are timed end to end before the choice; 0 chooses by the
+        prediction alone.
     """
 
     threads: int = 1
     repeats: int = 20
     warmup: int = 3
     min_gain: float = 0.03
+    mode: str = "eager"
+    verify_top: int = 3
 
     def __post_init__(self) -> None:
         for field in ("threads", "repeats"):
@@ -381,6 +395,15 @@ class LatencyConfig:
             raise _fail("latency", "warmup", self.warmup, "an int >= 0")
         if not _is_number(self.min_gain) or not (0.0 <= self.min_gain < 1.0):
             raise _fail("latency", "min_gain", self.min_gain, "a number in [0, 1)")
+        if self.mode not in LATENCY_MODES:
+            raise _fail(
+                "latency",
+                "mode",
+                self.mode,
+                f"one of {list(LATENCY_MODES)} (deployed: compiled, predicted per op)",
+            )
+        if not _is_int(self.verify_top, 0):
+            raise _fail("latency", "verify_top", self.verify_top, "an int >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -449,12 +472,13 @@ class TuningConfig:
     space: search, approaches, observers, tie, include_simulated.
     budget: strategy, max_trials, timeout, stop_on_first_pass, max_failure_rate,
         calib_samples, seed.
-    latency: latency_threads, latency_repeats, latency_warmup, min_latency_gain
-        (``LatencyConfig.threads``, ``.repeats``, ``.warmup``, ``.min_gain``).
+    latency: latency_threads, latency_repeats, latency_warmup, min_latency_gain,
+        latency_mode, latency_verify_top (``LatencyConfig.threads``, ``.repeats``,
+        ``.warmup``, ``.min_gain``, ``.mode``, ``.verify_top``).
     study: storage, study_name, heartbeat_interval.
     qat: qat_epochs, qat_lr_scales, qat_steps, qat_trials, qat_learn_scales,
         qat_freeze_bn_at (``QATSearchConfig``; used when ``"qat"`` is in approaches).
-    backend: quantization backend name (``x86``, ``simulated``).
+    backend: quantization backend name (``x86``, ``simulated``, ``cuda``; see ``capabilities``).
     """
 
     goal: GoalConfig

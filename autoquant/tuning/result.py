@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from autoquant.plan import Plan
     from autoquant.tuning.config import TuningConfig
 
-__all__ = ["Metrics", "TrialRecord", "TuningResult"]
+__all__ = ["FloatBaselines", "Metrics", "TrialRecord", "TuningResult", "VerifiedPlan"]
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,14 @@ class Metrics:
     latency_p90_ms: float
     size_bytes: int
     simulated_ops: tuple[str, ...] = ()
+    # With TuningConfig.latency_mode="deployed": the deployed latency the per-op table
+    # predicts for this plan, and (for plans timed end to end before the final choice)
+    # the measured deployed median. latency_ms is the measured one when there is one.
+    predicted_latency_ms: float | None = None
+    deployed_latency_ms: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "accuracy": self.accuracy,
             "loss": self.loss,
             "latency_ms": self.latency_ms,
@@ -35,6 +40,11 @@ class Metrics:
             "size_bytes": self.size_bytes,
             "simulated_ops": list(self.simulated_ops),
         }
+        if self.predicted_latency_ms is not None:
+            d["predicted_latency_ms"] = self.predicted_latency_ms
+        if self.deployed_latency_ms is not None:
+            d["deployed_latency_ms"] = self.deployed_latency_ms
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Metrics:
@@ -46,7 +56,84 @@ class Metrics:
             latency_p90_ms=d["latency_p90_ms"],
             size_bytes=d["size_bytes"],
             simulated_ops=tuple(d.get("simulated_ops", ())),
+            predicted_latency_ms=d.get("predicted_latency_ms"),
+            deployed_latency_ms=d.get("deployed_latency_ms"),
         )
+
+
+@dataclass(frozen=True)
+class FloatBaselines:
+    """Median latency (ms) of the float model as a user could run it without autoquant:
+    fp32 eager, fp32 compiled (the deployed mode) and bfloat16 compiled, measured once
+    per study with the tuner's latency settings. ``bf16_accuracy`` is the user's metric
+    on the bfloat16 model (eager), None when not measured."""
+
+    fp32_eager_ms: float
+    fp32_compiled_ms: float | None = None
+    bf16_ms: float | None = None
+    bf16_accuracy: float | None = None
+
+    def latencies(self) -> dict[str, float]:
+        out = {"fp32 eager": self.fp32_eager_ms}
+        if self.fp32_compiled_ms is not None:
+            out["fp32 compiled"] = self.fp32_compiled_ms
+        if self.bf16_ms is not None:
+            out["bf16 compiled"] = self.bf16_ms
+        return out
+
+    @property
+    def fastest(self) -> tuple[str, float]:
+        """(name, ms) of the fastest float baseline: what a speedup is measured against."""
+        return min(self.latencies().items(), key=lambda kv: kv[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fp32_eager_ms": self.fp32_eager_ms,
+            "fp32_compiled_ms": self.fp32_compiled_ms,
+            "bf16_ms": self.bf16_ms,
+            "bf16_accuracy": self.bf16_accuracy,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FloatBaselines:
+        return cls(
+            fp32_eager_ms=d["fp32_eager_ms"],
+            fp32_compiled_ms=d.get("fp32_compiled_ms"),
+            bf16_ms=d.get("bf16_ms"),
+            bf16_accuracy=d.get("bf16_accuracy"),
+        )
+
+
+@dataclass(frozen=True)
+class VerifiedPlan:
+    """A leading passing plan timed end to end in the deployed mode before the choice."""
+
+    trial: int
+    plan_hash: str
+    predicted_ms: float
+    measured_ms: float
+    measured_p90_ms: float
+    # Why the whole model could not be compiled and was timed eager (None: compiled).
+    compile_error: str | None = None
+
+    @property
+    def error(self) -> float:
+        """Relative error of the prediction: (predicted - measured) / measured."""
+        return (self.predicted_ms - self.measured_ms) / self.measured_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trial": self.trial,
+            "plan_hash": self.plan_hash,
+            "predicted_ms": self.predicted_ms,
+            "measured_ms": self.measured_ms,
+            "measured_p90_ms": self.measured_p90_ms,
+            "compile_error": self.compile_error,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VerifiedPlan:
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 @dataclass
@@ -125,10 +212,18 @@ class TuningResult:
     # told its last trial. Every worker of a shared study reads the same final study, so
     # exactly one sees True (always True without a storage); trackers conclude on it.
     finished_study: bool = True
+    # The float baselines (fp32 eager always; fp32 compiled and bf16 in deployed mode).
+    float_baselines: FloatBaselines | None = None
+    # Plans timed end to end in the deployed mode before the choice (deployed mode).
+    verified: list[VerifiedPlan] = field(default_factory=list)
 
     @property
     def speedup(self) -> float:
-        return self.baseline.latency_ms / self.best.latency_ms
+        """Against the fastest float baseline (fp32 eager, fp32 compiled, bf16)."""
+        base = self.baseline.latency_ms
+        if self.float_baselines is not None:
+            base = self.float_baselines.fastest[1]
+        return base / self.best.latency_ms
 
     @property
     def size_reduction(self) -> float:
@@ -166,6 +261,18 @@ class TuningResult:
             lines.append(f"pruned ops ({len(pruned)}): {', '.join(pruned) or 'none'}")
             if report.left_whole:
                 lines.append(f"left whole (cannot be pruned safely): {report.left_whole}")
+        if self.float_baselines is not None:
+            fb = self.float_baselines
+            name, ms = fb.fastest
+            floats = ", ".join(f"{k} {v:.3f} ms" for k, v in fb.latencies().items())
+            acc = "" if fb.bf16_accuracy is None else f"; bf16 accuracy {fb.bf16_accuracy:.5g}"
+            lines.append(f"float baselines: {floats} (speedup vs fastest: {name}){acc}")
+        for v in self.verified:
+            lines.append(
+                f"verified trial {v.trial}: predicted {v.predicted_ms:.3f} ms, measured "
+                f"{v.measured_ms:.3f} ms deployed ({v.error:+.1%})"
+                + ("" if v.compile_error is None else "; it could not compile and ran eager")
+            )
         if q.simulated_ops:
             lines.append(f"SIMULATED ops (latency is not quantized speed): {list(q.simulated_ops)}")
         return "\n".join(lines)

@@ -125,11 +125,11 @@ if TYPE_CHECKING:
     from autoquant.measure import measure_latency, size_bytes
     from autoquant.plan import Plan, resolve_plan
     from autoquant.plan import PlanWarning as PlanWarning
+    from autoquant.pruning.apply import prune as prune
+    from autoquant.pruning.apply import prune_info as prune_info
     from autoquant.qat import QATConfig as QATConfig
     from autoquant.qat import convert as convert
     from autoquant.qat import prepare_qat as prepare_qat
-    from autoquant.pruning.apply import prune as prune
-    from autoquant.pruning.apply import prune_info as prune_info
     from autoquant.qparams import QParams as QParams
     from autoquant.quantizer import deploy as deploy
     from autoquant.quantizer import quant_info, quantize

@@ -59,6 +59,9 @@ def calibrate(
             f"`model` must be a torch.nn.Module, but got {type(model).__name__}."
         )
     be = get_backend(backend)
+    # Where the statistics come from: the model itself on the CPU backends; a float32
+    # copy on the GPU for backend="cuda" (batches follow the model's device below).
+    model = be.calibration_model(model)
     quantizable = {fqn: (mod, op_type) for fqn, mod, op_type in iter_quantizable(model)}
     flags = [(m, m.training) for m in model.modules()]
     try:

@@ -155,6 +155,12 @@ class Backend:
         """
         return None
 
+    def calibration_model(self, model: nn.Module) -> nn.Module:
+        """The model :func:`autoquant.calibrate` runs to collect statistics: ``model``
+        itself (not modified) on the CPU backends; a device backend may return a copy on
+        its device so the statistics come from its kernels."""
+        return model
+
     # -- measuring -------------------------------------------------------------------
     def baseline_model(self, model: nn.Module) -> nn.Module:
         """The float model a trial on this device is compared with (accuracy and

@@ -339,6 +339,15 @@ class CudaBackend(Backend):
         qmodel.autoquant_info = info
         return qmodel
 
+    def calibration_model(self, model: nn.Module) -> nn.Module:
+        """Statistics are gathered on the device: a float32 copy of ``model`` on the GPU
+        (``model`` itself is not moved); calibration moves each batch to it."""
+        import copy
+
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise UnsupportedConfigError(_no_cuda_message())
+        return copy.deepcopy(model).float().to(self.device)
+
     def baseline_model(self, model: nn.Module) -> nn.Module:
         """Trials on the GPU are compared with the model in the float dtype on the device
         (:meth:`float_baseline`), not with the fp32 CPU model."""
@@ -440,14 +449,10 @@ def calibrate_on_device(
 ) -> Any:
     """:func:`autoquant.calibrate` with a float32 copy of ``model`` on the GPU: the
     statistics come from the device's kernels; ``model`` itself is not moved."""
-    import copy
-
     from autoquant.calibration import calibrate
 
-    if not torch.cuda.is_available():
-        raise UnsupportedConfigError(_no_cuda_message())
-    on_device = copy.deepcopy(model).to(device)
-    return calibrate(on_device, calib_data, backend=CudaBackend(device=device), **kwargs)
+    # The backend's calibration_model makes the device copy.
+    return calibrate(model, calib_data, backend=CudaBackend(device=device), **kwargs)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:

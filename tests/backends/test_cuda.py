@@ -429,3 +429,22 @@ def test_plan_to_torchao_configs() -> None:
     )
     mapped, left = torchao_plan(plan)
     assert set(mapped) == {"b", "c"} and left == ["a"]
+
+
+def test_calibration_runs_a_float32_copy_on_the_backend_device() -> None:
+    # backend="cuda" gathers statistics on its device through Backend.calibration_model
+    # (here device="cpu", the path a GPU takes with device="cuda"): a float32 copy, so
+    # the statistics equal the float32 model's and the caller's model is not touched.
+    torch.manual_seed(0)
+    model = Stack().eval()
+    data = [torch.randn(8, 64) for _ in range(4)]
+    backend = CudaBackend(device="cpu", compute_capability=(9, 0))
+    want = calibrate(model, data, backend="simulated")
+    got = calibrate(model, data, backend=backend)
+    assert got.keys() == want.keys()
+    for key in want.keys():
+        assert (got[key].min, got[key].max) == (want[key].min, want[key].max)
+        assert torch.equal(got[key].hist, want[key].hist)
+    bf16_model = Stack().eval().to(torch.bfloat16)
+    calibrate(bf16_model, data, backend=backend)
+    assert bf16_model.head.weight.dtype == torch.bfloat16  # the caller's model is untouched

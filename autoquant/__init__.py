@@ -24,6 +24,7 @@ from autoquant.errors import SerializationError as SerializationError
 from autoquant.errors import UnsupportedConfigError as UnsupportedConfigError
 
 # Pruning (autoquant.pruning documents it): importable from here, not in __all__.
+from autoquant.pruning.schedule import PruneSchedule as PruneSchedule
 from autoquant.pruning.spec import PruneSpec as PruneSpec
 
 # name -> module that defines it: the __all__ names that need torch, and every name
@@ -56,6 +57,7 @@ _LAZY = {
     "tune": "autoquant.tuning",
     "prune": "autoquant.pruning.apply",
     "prune_info": "autoquant.pruning.apply",
+    "prune_and_train": "autoquant.pruning.fine_tune",
     "TuningConfig": "autoquant.tuning",
     "TuningResult": "autoquant.tuning",
     "GoalNotMetWarning": "autoquant.tuning",
@@ -125,11 +127,12 @@ if TYPE_CHECKING:
     from autoquant.measure import measure_latency, size_bytes
     from autoquant.plan import Plan, resolve_plan
     from autoquant.plan import PlanWarning as PlanWarning
+    from autoquant.pruning.apply import prune as prune
+    from autoquant.pruning.apply import prune_info as prune_info
+    from autoquant.pruning.fine_tune import prune_and_train as prune_and_train
     from autoquant.qat import QATConfig as QATConfig
     from autoquant.qat import convert as convert
     from autoquant.qat import prepare_qat as prepare_qat
-    from autoquant.pruning.apply import prune as prune
-    from autoquant.pruning.apply import prune_info as prune_info
     from autoquant.qparams import QParams as QParams
     from autoquant.quantizer import deploy as deploy
     from autoquant.quantizer import quant_info, quantize

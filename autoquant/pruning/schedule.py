@@ -1,0 +1,105 @@
+"""Pruning schedules: one shot, or gradually over the fine-tuning budget.
+
+``oneshot``: prune to the full ratio, then ``train_fn`` once on the whole budget.
+``gradual``: the ratio rises over ``stages`` stages along the cubic schedule of Zhu &
+Gupta (2017) (Intel Neural Compressor's "iterative" pruning),
+``ratio_t = ratio * (1 - (1 - t/T)^3)`` for ``t = 1..T``, so most weights go early, while
+the network can still recover, and the last stage removes few. Each stage prunes in
+``mask`` mode (channels zeroed, the model keeps its shape), then runs ``train_fn`` on
+its slice of the budget (:func:`split_budget`) with the masks held during training; the
+last stage reaches the full ratio exactly, and channel-pruned layers shrink at the end
+(``channels="end"``, the default) or at every stage (``channels="stage"``; see
+``experiments/prune_quant/README.md`` for the measured comparison).
+
+N:M patterns have a fixed ratio: they are applied at the last stage.
+
+Masks are held during training: a forward pre-hook multiplies every pruned parameter by
+its mask before each forward, and the masks are applied again after each stage, so a
+``train_fn`` that knows nothing of pruning cannot revive a removed weight.
+
+This module is torch-free (configs read it); :func:`autoquant.pruning.fine_tune.prune_and_train`
+runs a schedule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from autoquant.errors import ConfigError
+
+__all__ = [
+    "SCHEDULES",
+    "CHANNEL_TIMINGS",
+    "PruneSchedule",
+    "stage_ratios",
+    "split_budget",
+]
+
+SCHEDULES = ("oneshot", "gradual")
+#: When channel-pruned layers shrink in a gradual schedule: ``end`` (zeroed during the
+#: stages, removed once at the end) or ``stage`` (removed at every stage).
+CHANNEL_TIMINGS = ("end", "stage")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneSchedule:
+    """How pruning and fine-tuning interleave (see the module docstring).
+
+    kind: ``oneshot`` or ``gradual``.
+    stages: number of pruning stages of a gradual schedule (>= 2; ignored by oneshot).
+    channels: ``end`` or ``stage`` (gradual only): when channel-pruned layers shrink.
+    """
+
+    kind: str = "oneshot"
+    stages: int = 4
+    channels: str = "end"
+
+    def __post_init__(self) -> None:
+        if self.kind not in SCHEDULES:
+            raise ConfigError(
+                f"PruneSchedule.kind must be one of {list(SCHEDULES)}, but got {self.kind!r}. "
+                "'gradual' raises the ratio over 'stages' stages of fine-tuning."
+            )
+        if isinstance(self.stages, bool) or not isinstance(self.stages, int) or self.stages < 2:
+            raise ConfigError(
+                f"PruneSchedule.stages must be an int >= 2, but got {self.stages!r}. "
+                "For a single stage use kind='oneshot'."
+            )
+        if self.channels not in CHANNEL_TIMINGS:
+            raise ConfigError(
+                f"PruneSchedule.channels must be one of {list(CHANNEL_TIMINGS)}, but got "
+                f"{self.channels!r}."
+            )
+
+    def label(self) -> str:
+        if self.kind == "oneshot":
+            return "oneshot"
+        return f"gradual/{self.stages}" + ("" if self.channels == "end" else "/stage")
+
+
+def stage_ratios(ratio: float, stages: int) -> list[float]:
+    """The cubic schedule: ratio after each of ``stages`` stages; the last is ``ratio``."""
+    if not 0.0 <= ratio < 1.0:
+        raise ConfigError(f"stage_ratios: ratio must be in [0, 1), but got {ratio!r}.")
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+        raise ConfigError(f"stage_ratios: stages must be an int >= 1, but got {stages!r}.")
+    out = [ratio * (1.0 - (1.0 - t / stages) ** 3) for t in range(1, stages + 1)]
+    out[-1] = ratio  # exactly, whatever the float rounding above
+    return out
+
+
+def split_budget(budget: Any, stages: int) -> list[Any]:
+    """``budget`` (a :class:`~autoquant.qat.train.TrainBudget`) cut into ``stages`` equal
+    slices: epochs / stages each, the step cap shared out so the slices sum to it
+    (at least one step each), the same learning-rate scale."""
+    from autoquant.qat.train import TrainBudget
+
+    epochs = budget.epochs / stages
+    if budget.steps is None:
+        return [TrainBudget(epochs=epochs, lr_scale=budget.lr_scale) for _ in range(stages)]
+    base, extra = divmod(budget.steps, stages)
+    return [
+        TrainBudget(epochs=epochs, steps=max(1, base + (i < extra)), lr_scale=budget.lr_scale)
+        for i in range(stages)
+    ]

@@ -55,6 +55,7 @@ CONF_KEYS: dict[str, str] = {
     "space.prune_ratios": "prune_ratios",
     "space.prune_schedule": "prune_schedule",
     "space.prune_stages": "prune_stages",
+    "space.prune_ramp": "prune_ramp",
     "space.prune_epochs": "prune_epochs",
     "space.prune_lr_scales": "prune_lr_scales",
     "strategy.name": "strategy",

@@ -17,7 +17,13 @@ from torch import nn
 
 from autoquant.errors import ConfigError
 from autoquant.pruning.apply import PruneReport, prune
-from autoquant.pruning.schedule import SCHEDULES, PruneSchedule, split_budget, stage_ratios
+from autoquant.pruning.schedule import (
+    SCHEDULES,
+    PruneSchedule,
+    ramp_budget,
+    split_budget,
+    stage_ratios,
+)
 from autoquant.pruning.spec import PruneSpec
 
 __all__ = ["prune_and_train"]
@@ -148,7 +154,8 @@ def prune_and_train(
         return pruned, report
 
     ratios = {f: stage_ratios(s.ratio, schedule.stages) for f, s in checked.items() if not s.nm}  # type: ignore[arg-type]
-    slices = split_budget(budget, schedule.stages)
+    ramping, recovery = ramp_budget(budget, schedule.ramp)
+    slices = split_budget(ramping, schedule.stages)
     first = {f: model.get_submodule(f).weight.shape[0] for f in checked}
     shrink_each = schedule.channels == "stage"
     masks = _Masks()
@@ -168,6 +175,8 @@ def prune_and_train(
         masks.update(current, after)
         current = after
         _train(current, train_fn, slices[t], masks)  # type: ignore[arg-type]
+    if recovery is not None:
+        _train(current, train_fn, recovery, masks)  # type: ignore[arg-type]
     # The final report (and, with channels="end", the shrink): pruning the masked model
     # to the full ratios again removes exactly the zeroed weights and channels, which
     # score lowest.

@@ -34,6 +34,7 @@ __all__ = [
     "PruneSchedule",
     "stage_ratios",
     "split_budget",
+    "ramp_budget",
 ]
 
 SCHEDULES = ("oneshot", "gradual")
@@ -49,11 +50,15 @@ class PruneSchedule:
     kind: ``oneshot`` or ``gradual``.
     stages: number of pruning stages of a gradual schedule (>= 2; ignored by oneshot).
     channels: ``end`` or ``stage`` (gradual only): when channel-pruned layers shrink.
+    ramp: share of the budget over which the ratio rises (gradual only, in (0, 1]); the
+        rest fine-tunes at the full ratio (Zhu & Gupta stop pruning before training
+        ends). 1.0: the last stage is the only training at the full ratio.
     """
 
     kind: str = "oneshot"
     stages: int = 4
     channels: str = "end"
+    ramp: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in SCHEDULES:
@@ -72,10 +77,23 @@ class PruneSchedule:
                 f"{self.channels!r}."
             )
 
+        if (
+            isinstance(self.ramp, bool)
+            or not isinstance(self.ramp, (int, float))
+            or not 0.0 < self.ramp <= 1.0
+        ):
+            raise ConfigError(
+                f"PruneSchedule.ramp must be a number in (0, 1], but got {self.ramp!r}. "
+                "It is the share of the budget over which the ratio rises."
+            )
+
     def label(self) -> str:
         if self.kind == "oneshot":
             return "oneshot"
-        return f"gradual/{self.stages}" + ("" if self.channels == "end" else "/stage")
+        label = f"gradual/{self.stages}"
+        if self.ramp != 1.0:
+            label += f"/ramp{self.ramp:g}"
+        return label + ("" if self.channels == "end" else "/stage")
 
 
 def stage_ratios(ratio: float, stages: int) -> list[float]:
@@ -87,6 +105,20 @@ def stage_ratios(ratio: float, stages: int) -> list[float]:
     out = [ratio * (1.0 - (1.0 - t / stages) ** 3) for t in range(1, stages + 1)]
     out[-1] = ratio  # exactly, whatever the float rounding above
     return out
+
+
+def ramp_budget(budget: Any, ramp: float) -> tuple[Any, Any | None]:
+    """``budget`` cut into the part the ratio rises over and the rest (None when
+    ``ramp`` is 1): epochs and the step cap in proportion, each at least one step."""
+    from autoquant.qat.train import TrainBudget
+
+    if ramp >= 1.0:
+        return budget, None
+    steps = None if budget.steps is None else max(1, round(budget.steps * ramp))
+    rest = None if budget.steps is None else max(1, budget.steps - steps)  # type: ignore[operator]
+    first = TrainBudget(epochs=budget.epochs * ramp, steps=steps, lr_scale=budget.lr_scale)
+    last = TrainBudget(epochs=budget.epochs * (1 - ramp), steps=rest, lr_scale=budget.lr_scale)
+    return first, last
 
 
 def split_budget(budget: Any, stages: int) -> list[Any]:

@@ -84,6 +84,7 @@ FLAT: dict[str, tuple[str, str]] = {
     "prune_ratios": ("space", "prune_ratios"),
     "prune_schedule": ("space", "prune_schedule"),
     "prune_stages": ("space", "prune_stages"),
+    "prune_ramp": ("space", "prune_ramp"),
     "prune_epochs": ("space", "prune_epochs"),
     "prune_lr_scales": ("space", "prune_lr_scales"),
     "calib_samples": ("budget", "calib_samples"),
@@ -192,6 +193,8 @@ class SpaceConfig:
         rise over ``prune_stages`` stages along the cubic schedule, training between;
         see :mod:`autoquant.pruning.schedule`). ``gradual`` needs a ``train_fn``.
     prune_stages: stages of the gradual schedule (an int >= 2).
+    prune_ramp: share of the fine-tuning budget over which a gradual schedule raises the
+        ratio, in (0, 1]; the rest fine-tunes at the full ratio.
     prune_epochs, prune_lr_scales: the fine-tuning budgets of a pruned model (their
         product, each a :class:`~autoquant.qat.train.TrainBudget`; the first pair is the
         default). With more than one, the budget is a search dimension
@@ -207,6 +210,7 @@ class SpaceConfig:
     prune_ratios: tuple[float, ...] = (0.25, 0.5)
     prune_schedule: str = "oneshot"
     prune_stages: int = 4
+    prune_ramp: float = 1.0
     prune_epochs: tuple[float, ...] = (1.0,)
     prune_lr_scales: tuple[float, ...] = (1.0,)
 
@@ -227,6 +231,13 @@ class SpaceConfig:
                 "prune_stages",
                 self.prune_stages,
                 "an int >= 2 (for one stage use prune_schedule='oneshot')",
+            )
+        if not _is_number(self.prune_ramp) or not 0.0 < self.prune_ramp <= 1.0:
+            raise _fail(
+                "space",
+                "prune_ramp",
+                self.prune_ramp,
+                "a number in (0, 1] (the share of the budget over which the ratio rises)",
             )
         for field in ("prune_epochs", "prune_lr_scales"):
             value = getattr(self, field)
@@ -316,7 +327,9 @@ class SpaceConfig:
         """The :class:`~autoquant.pruning.schedule.PruneSchedule` of pruned models."""
         from autoquant.pruning.schedule import PruneSchedule
 
-        return PruneSchedule(kind=self.prune_schedule, stages=self.prune_stages)
+        return PruneSchedule(
+            kind=self.prune_schedule, stages=self.prune_stages, ramp=float(self.prune_ramp)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -529,7 +542,8 @@ class TuningConfig:
 
     goal: criterion, tolerable_loss, higher_is_better, objective, metric_bounds.
     space: search, approaches, observers, tie, include_simulated, prune_patterns,
-        prune_ratios, prune_schedule, prune_stages, prune_epochs, prune_lr_scales.
+        prune_ratios, prune_schedule, prune_stages, prune_ramp, prune_epochs,
+        prune_lr_scales.
     budget: strategy, max_trials, timeout, stop_on_first_pass, max_failure_rate,
         calib_samples, seed.
     latency: latency_threads, latency_repeats, latency_warmup, min_latency_gain,

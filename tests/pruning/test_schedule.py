@@ -9,7 +9,7 @@ import torch
 
 from autoquant.errors import ConfigError
 from autoquant.pruning import PruneSchedule, PruneSpec, prune, prune_and_train
-from autoquant.pruning.schedule import split_budget, stage_ratios
+from autoquant.pruning.schedule import ramp_budget, split_budget, stage_ratios
 from autoquant.qat.train import TrainBudget
 from autoquant.tuning import TuningConfig, tune
 from autoquant.tuning.space import BUDGET_PARAM, PRUNE_PREFIX
@@ -33,6 +33,9 @@ def test_split_budget_shares_epochs_and_steps_exactly() -> None:
     assert all(p.epochs == 0.5 and p.lr_scale == 0.3 for p in parts)
     parts = split_budget(TrainBudget(epochs=3.0), 3)
     assert all(p.epochs == 1.0 and p.steps is None for p in parts)
+    first, rest = ramp_budget(TrainBudget(epochs=2.0, steps=9), 0.5)
+    assert (first.epochs, rest.epochs) == (1.0, 1.0) and first.steps + rest.steps == 9
+    assert ramp_budget(TrainBudget(), 1.0) == (TrainBudget(), None)
 
 
 def _stage_recorder(data: dict[str, torch.Tensor], seen: list) -> object:
@@ -99,6 +102,23 @@ def test_gradual_schedule_prunes_exact_ratios_per_stage_and_masks_hold(
     assert not model.training
 
 
+def test_ramp_prunes_over_part_of_the_budget_then_fine_tunes_at_the_full_ratio(
+    digits_model, digits_data
+) -> None:
+    seen: list = []
+    prune_and_train(
+        digits_model,
+        {"fc1": PruneSpec(pattern="unstructured", ratio=0.5)},
+        _stage_recorder(digits_data, seen),
+        schedule=PruneSchedule(kind="gradual", stages=2, ramp=0.5),
+        budget=TrainBudget(epochs=2.0, steps=8),
+    )
+    total = digits_model.fc1.weight.numel()
+    want = [math.floor(r * total) / total for r in stage_ratios(0.5, 2)]
+    assert [s[0] for s in seen] == [*want, want[-1]]
+    assert [(s[2].epochs, s[2].steps) for s in seen] == [(0.5, 2), (0.5, 2), (1.0, 4)]
+
+
 def test_gradual_with_stagewise_shrink_ends_at_the_same_sizes(digits_model, digits_data):
     specs = {"conv3": PruneSpec(pattern="channel", ratio=0.5)}
     seen: list = []
@@ -138,6 +158,7 @@ def test_oneshot_keeps_zeros_through_training(digits_model, digits_data) -> None
         ),
         ({"prune_stages": 1}, "for one stage use prune_schedule='oneshot'"),
         ({"prune_stages": 2.5}, "TuningConfig.prune_stages"),
+        ({"prune_ramp": 1.5}, "TuningConfig.prune_ramp"),
         ({"prune_epochs": ()}, "TuningConfig.prune_epochs"),
         ({"prune_epochs": 1.0}, "a non-empty tuple of numbers > 0"),
         ({"prune_lr_scales": (1.0, -0.3)}, "TuningConfig.prune_lr_scales"),
@@ -157,6 +178,8 @@ def test_bad_schedules_are_refused_clearly(digits_model) -> None:
         PruneSchedule(kind="gradual", stages=True)
     with pytest.raises(ConfigError, match="PruneSchedule.channels"):
         PruneSchedule(kind="gradual", channels="never")
+    with pytest.raises(ConfigError, match=r"PruneSchedule.ramp must be a number in \(0, 1\]"):
+        PruneSchedule(kind="gradual", ramp=0.0)
     with pytest.raises(ConfigError, match="but train_fn is None"):
         prune_and_train(digits_model, {"fc1": PruneSpec(ratio=0.5)}, None, schedule="gradual")
     with pytest.raises(ConfigError, match="PruneSpec.fine_tune"):

@@ -132,7 +132,7 @@ def test_to_dict_keeps_the_flat_keys_mlflow_and_studies_record():
         "criterion", "tolerable_loss", "higher_is_better", "objective", "strategy",
         "max_trials", "timeout", "stop_on_first_pass", "max_failure_rate", "search",
         "approaches", "observers", "tie", "include_simulated", "prune_patterns",
-        "prune_ratios", "prune_schedule", "prune_stages", "prune_epochs",
+        "prune_ratios", "prune_schedule", "prune_stages", "prune_ramp", "prune_epochs",
         "prune_lr_scales", "calib_samples",
         "latency_threads", "latency_repeats", "latency_warmup", "min_latency_gain",
         "latency_mode", "latency_verify_top",

@@ -71,12 +71,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"pruned, no fine-tuning: accuracy {evaluate(pruned):.4f}, params {report.params}")
     arms = {
         "oneshot": PruneSchedule(kind="oneshot"),
-        f"gradual/{args.stages} shrink at end": PruneSchedule(kind="gradual", stages=args.stages),
+        f"gradual/{args.stages} shrink at end": PruneSchedule(
+            kind="gradual", stages=args.stages, ramp=1.0, channels="end"
+        ),
         f"gradual/{args.stages} shrink each stage": PruneSchedule(
-            kind="gradual", stages=args.stages, channels="stage"
+            kind="gradual", stages=args.stages, ramp=1.0, channels="stage"
         ),
         f"gradual/{args.stages} ramp 0.5, shrink at end": PruneSchedule(
-            kind="gradual", stages=args.stages, ramp=0.5
+            kind="gradual", stages=args.stages, ramp=0.5, channels="end"
         ),
         f"gradual/{args.stages} ramp 0.5, shrink each stage": PruneSchedule(
             kind="gradual", stages=args.stages, ramp=0.5, channels="stage"

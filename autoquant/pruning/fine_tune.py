@@ -91,14 +91,22 @@ def _specs_at(specs: Mapping[str, PruneSpec], ratios: Mapping[str, list[float]],
 def _relative(
     specs: dict[str, PruneSpec], model: nn.Module, first: Mapping[str, int]
 ) -> dict[str, PruneSpec]:
-    """Channel specs as shares of the layers' *current* channels (stage-wise shrink):
-    floor(r * now) = now - target, the +0.5 keeps float rounding off the floor."""
+    """Channel specs as shares of the layers' *current* channels (stage-wise shrink),
+    counted in the units :func:`prune` removes (channels, or whole attention heads), so
+    each stage ends at the count a one-shot prune to its ratio keeps:
+    ``floor(r * now) = now - target``; the +0.5 keeps float rounding off the floor."""
+    from autoquant.pruning.structural import channel_groups
+
+    structured = [f for f, s in specs.items() if s.structured]
+    if not structured:
+        return dict(specs)
+    groups = channel_groups(model, structured)
     out = dict(specs)
-    for f, s in specs.items():
-        if not s.structured:
-            continue
-        now = model.get_submodule(f).weight.shape[0]
-        target = first[f] - min(math.floor(s.ratio * first[f]), first[f] - 1)  # type: ignore[operator]
+    for f in structured:
+        s = specs[f]
+        unit = groups[f].heads or 1
+        now, start = model.get_submodule(f).weight.shape[0] // unit, first[f] // unit
+        target = start - min(math.floor(s.ratio * start), start - 1)  # type: ignore[operator]
         if now <= target:
             out.pop(f)
         else:

@@ -190,8 +190,9 @@ class SpaceConfig:
     prune_ratios: ratios searched for ``channel`` and ``unstructured`` (each in (0, 1)).
     prune_schedule: how a pruned model is fine-tuned with ``tune(train_fn=)``:
         ``oneshot`` (pruned to its ratios, then trained once) or ``gradual`` (the ratios
-        rise over ``prune_stages`` stages along the cubic schedule, training between;
-        see :mod:`autoquant.pruning.schedule`). ``gradual`` needs a ``train_fn``.
+        rise over ``prune_stages`` stages along the cubic schedule, training between,
+        channels removed at every stage; see :mod:`autoquant.pruning.schedule`).
+        ``gradual`` needs a ``train_fn``.
     prune_stages: stages of the gradual schedule (an int >= 2).
     prune_ramp: share of the fine-tuning budget over which a gradual schedule raises the
         ratio, in (0, 1]; the rest fine-tunes at the full ratio.
@@ -210,7 +211,7 @@ class SpaceConfig:
     prune_ratios: tuple[float, ...] = (0.25, 0.5)
     prune_schedule: str = "oneshot"
     prune_stages: int = 4
-    prune_ramp: float = 1.0
+    prune_ramp: float = 0.5
     prune_epochs: tuple[float, ...] = (1.0,)
     prune_lr_scales: tuple[float, ...] = (1.0,)
 

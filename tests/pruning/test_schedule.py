@@ -79,7 +79,7 @@ def test_gradual_schedule_prunes_exact_ratios_per_stage_and_masks_hold(
         digits_model,
         specs,
         _stage_recorder(digits_data, seen),
-        schedule=PruneSchedule(kind="gradual", stages=4),
+        schedule=PruneSchedule(kind="gradual", stages=4, ramp=1.0, channels="end"),
         budget=budget,
     )
     # The user's model is never touched.
@@ -110,7 +110,7 @@ def test_ramp_prunes_over_part_of_the_budget_then_fine_tunes_at_the_full_ratio(
         digits_model,
         {"fc1": PruneSpec(pattern="unstructured", ratio=0.5)},
         _stage_recorder(digits_data, seen),
-        schedule=PruneSchedule(kind="gradual", stages=2, ramp=0.5),
+        schedule=PruneSchedule(kind="gradual", stages=2, ramp=0.5, channels="end"),
         budget=TrainBudget(epochs=2.0, steps=8),
     )
     total = digits_model.fc1.weight.numel()
@@ -246,13 +246,17 @@ def test_tune_searches_the_fine_tuning_budget(
     for r in pruned:
         # The budget (and the schedule) is in the plan, so in its hash and cache key.
         tuned = {c.prune.fine_tune for c in r.plan.values() if c is not None and c.prune}
-        label = "oneshot" if schedule == "oneshot" else "gradual/2"
+        label = "oneshot" if schedule == "oneshot" else "gradual/2/ramp0.5"
         assert tuned == {f"{r.params[BUDGET_PARAM]} {label}"}
         assert r.timings["train_s"] > 0
-    stages = 1 if schedule == "oneshot" else 2
-    assert calls and len(calls) % stages == 0
-    epochs = {round(b.epochs * stages, 6) for b in calls}
-    assert epochs <= {1.0, 2.0}
+    # One call per fine-tuning (oneshot), or 2 stages + the rest at the full ratio
+    # (gradual, ramp 0.5): the calls of one fine-tuning add up to its whole budget.
+    per = 1 if schedule == "oneshot" else 3
+    assert calls and len(calls) % per == 0
+    totals = {
+        round(sum(b.epochs for b in calls[i : i + per]), 6) for i in range(0, len(calls), per)
+    }
+    assert totals <= {1.0, 2.0}
     # Same pruning, different budget: different plans (never served from the cache);
     # a plan that prunes nothing does not depend on the budget.
     params = dict(pruned[0].params)
@@ -265,3 +269,43 @@ def test_tune_searches_the_fine_tuning_budget(
     assert (
         len({runner.space.plan({**plain, BUDGET_PARAM: b}).hash for b in runner.space.budgets}) == 1
     )
+
+
+def test_stagewise_shrink_of_attention_heads_ends_at_the_one_shot_sizes() -> None:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+    )
+    torch.manual_seed(0)
+    model = transformers.BertModel(config).eval()
+    ids = torch.randint(0, 50, (2, 6))
+    heads_seen: list[int] = []
+
+    def train_fn(m: torch.nn.Module) -> None:
+        heads_seen.append(m.encoder.layer[0].attention.self.num_attention_heads)
+        opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+        opt.zero_grad()
+        m(input_ids=ids).last_hidden_state.pow(2).mean().backward()
+        opt.step()
+
+    specs = {
+        "encoder.layer.0.intermediate.dense": PruneSpec(pattern="channel", ratio=0.6),
+        "encoder.layer.0.attention.self.value": PruneSpec(pattern="channel", ratio=0.6),
+    }
+    out, report = prune_and_train(
+        model, specs, train_fn, schedule=PruneSchedule(kind="gradual", stages=3, ramp=1.0)
+    )
+    oneshot, _ = prune(model, specs)
+    # Heads go whole, stage by stage, to the one-shot count: 4 - floor(r_t * 4) heads.
+    assert heads_seen == [4 - math.floor(r * 4) for r in stage_ratios(0.6, 3)]
+    for name in ("attention.self.query", "attention.output.dense", "intermediate.dense"):
+        a = out.encoder.layer[0].get_submodule(name).weight.shape
+        assert a == oneshot.encoder.layer[0].get_submodule(name).weight.shape, name
+    with torch.no_grad():
+        assert torch.isfinite(out(input_ids=ids).last_hidden_state).all()
+    assert report.params[1] == sum(p.numel() for p in oneshot.parameters())

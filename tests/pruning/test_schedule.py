@@ -11,6 +11,7 @@ from autoquant.errors import ConfigError
 from autoquant.pruning import PruneSchedule, PruneSpec, prune, prune_and_train
 from autoquant.pruning.schedule import ramp_budget, split_budget, stage_ratios
 from autoquant.qat.train import TrainBudget
+from autoquant.tracking._values import trial_params
 from autoquant.tuning import TuningConfig, tune
 from autoquant.tuning.space import BUDGET_PARAM, PRUNE_PREFIX
 from tests.tuning._helpers import fast_config
@@ -249,6 +250,8 @@ def test_tune_searches_the_fine_tuning_budget(
         label = "oneshot" if schedule == "oneshot" else "gradual/2/ramp0.5"
         assert tuned == {f"{r.params[BUDGET_PARAM]} {label}"}
         assert r.timings["train_s"] > 0
+        # What MLflow records of the trial (param prune_fine_tune; metric train_time_s).
+        assert trial_params(r)["prune_fine_tune"] == f"{r.params[BUDGET_PARAM]} {label}"
     # One call per fine-tuning (oneshot), or 2 stages + the rest at the full ratio
     # (gradual, ramp 0.5): the calls of one fine-tuning add up to its whole budget.
     per = 1 if schedule == "oneshot" else 3

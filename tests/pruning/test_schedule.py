@@ -312,3 +312,51 @@ def test_stagewise_shrink_of_attention_heads_ends_at_the_one_shot_sizes() -> Non
     with torch.no_grad():
         assert torch.isfinite(out(input_ids=ids).last_hidden_state).all()
     assert report.params[1] == sum(p.numel() for p in oneshot.parameters())
+
+
+def test_basic_retries_a_failing_pruning_choice_with_the_next_budget(
+    digits_model, digits_data, digits_calib
+) -> None:
+    from autoquant.examples.digits import accuracy
+
+    x, y = digits_data["x_test"], digits_data["y_test"]
+
+    def train_fn(model: torch.nn.Module, budget: TrainBudget) -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2 * budget.lr_scale, momentum=0.9)
+        for i in range(round(4 * budget.epochs)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(
+                model(digits_data["x_train"][i * 64 : (i + 1) * 64]),
+                digits_data["y_train"][i * 64 : (i + 1) * 64],
+            ).backward()
+            opt.step()
+
+    config = fast_config(
+        strategy="basic",
+        approaches=("static",),
+        search=(),
+        prune_patterns=("channel",),
+        prune_ratios=(0.9,),
+        prune_epochs=(0.25, 4.0),
+        max_trials=10,
+        tolerable_loss=0.02,
+    )
+    result = tune(
+        digits_model,
+        lambda m: accuracy(m, x, y),
+        calib_data=digits_calib,
+        config=config,
+        train_fn=train_fn,
+    )
+    trials = [r for r in result.trials if r.metrics is not None]
+    cheap, dear = "epochs=0.25 lr_x1", "epochs=4 lr_x1"
+    retried = [
+        (a, b)
+        for a, b in zip(trials, trials[1:], strict=False)
+        if not a.passed
+        and a.params[BUDGET_PARAM] == cheap
+        and b.params == {**a.params, BUDGET_PARAM: dear}
+    ]
+    assert retried, [(r.params, r.state) for r in trials]
+    # The retry is another plan (another hash), fine-tuned again (its own train time).
+    assert all(a.plan_hash != b.plan_hash for a, b in retried)

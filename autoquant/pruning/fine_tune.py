@@ -169,6 +169,7 @@ def prune_and_train(
     masks = _Masks()
     current: nn.Module = model
     shapes: dict[str, dict[str, int]] = {}
+    left_whole: dict[str, str] = {}
     for t in range(schedule.stages):
         stage = _specs_at(checked, ratios or {"": [0.0] * schedule.stages}, t)
         if shrink_each:
@@ -180,6 +181,7 @@ def prune_and_train(
             )
         for fqn, sizes in stage_report.shapes.items():
             shapes.setdefault(fqn, {}).update(sizes)
+        left_whole.update(stage_report.left_whole)
         masks.update(current, after)
         current = after
         _train(current, train_fn, slices[t], masks)  # type: ignore[arg-type]
@@ -191,7 +193,7 @@ def prune_and_train(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if shrink_each:
-            return _final_stagewise(model, current, checked, first, shapes)
+            return _final_stagewise(model, current, checked, first, shapes, left_whole)
         final, report = prune(current, checked, mode="shrink", loss_fn=loss_fn)
     final.eval()
     return final, report
@@ -203,18 +205,21 @@ def _final_stagewise(
     specs: Mapping[str, PruneSpec],
     first: Mapping[str, int],
     shapes: dict[str, dict[str, int]],
+    left_whole: dict[str, str],
 ) -> tuple[nn.Module, PruneReport]:
     """The report of a stage-wise shrunk model, against the original model."""
     from autoquant.pruning.apply import _n_params
 
-    report = PruneReport(params=(_n_params(model), _n_params(current)), shapes=shapes)
+    report = PruneReport(
+        params=(_n_params(model), _n_params(current)), shapes=shapes, left_whole=left_whole
+    )
     mods = dict(current.named_modules())
     for f, s in specs.items():
         w = mods[f].weight
         if s.structured:
             now = w.shape[0]
             if now == first[f]:
-                report.left_whole[f] = "channels not removed (left whole by the dependency check)"
+                report.left_whole.setdefault(f, "no channel removed at any stage")
                 continue
             report.ops[f] = {
                 "pattern": "channel",

@@ -360,3 +360,28 @@ def test_basic_retries_a_failing_pruning_choice_with_the_next_budget(
     assert retried, [(r.params, r.state) for r in trials]
     # The retry is another plan (another hash), fine-tuned again (its own train time).
     assert all(a.plan_hash != b.plan_hash for a, b in retried)
+
+
+@pytest.mark.parametrize("channels", ["stage", "end"])
+def test_gradual_reports_layers_left_whole_like_one_shot(channels: str) -> None:
+    class TwoLinear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))  # b feeds the output: its channels cannot go
+
+    torch.manual_seed(0)
+    model = TwoLinear()
+    specs = {
+        "a": PruneSpec(pattern="channel", ratio=0.5),
+        "b": PruneSpec(pattern="channel", ratio=0.5),
+    }
+    _, oneshot = prune(model, specs)
+    out, report = prune_and_train(
+        model, specs, lambda m: None, schedule=PruneSchedule(kind="gradual", channels=channels)
+    )
+    assert report.left_whole == oneshot.left_whole and set(report.left_whole) == {"b"}
+    assert report.ops["a"]["channels"] == oneshot.ops["a"]["channels"] == [8, 4]
+    assert (out.a.out_features, out.b.in_features, out.b.out_features) == (4, 4, 8)

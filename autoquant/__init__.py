@@ -24,6 +24,7 @@ from autoquant.errors import SerializationError as SerializationError
 from autoquant.errors import UnsupportedConfigError as UnsupportedConfigError
 
 # Pruning (autoquant.pruning documents it): importable from here, not in __all__.
+from autoquant.pruning.schedule import PruneSchedule as PruneSchedule
 from autoquant.pruning.spec import PruneSpec as PruneSpec
 
 # name -> module that defines it: the __all__ names that need torch, and every name
@@ -56,6 +57,7 @@ _LAZY = {
     "tune": "autoquant.tuning",
     "prune": "autoquant.pruning.apply",
     "prune_info": "autoquant.pruning.apply",
+    "prune_and_train": "autoquant.pruning.fine_tune",
     "TuningConfig": "autoquant.tuning",
     "TuningResult": "autoquant.tuning",
     "GoalNotMetWarning": "autoquant.tuning",
@@ -127,6 +129,7 @@ if TYPE_CHECKING:
     from autoquant.plan import PlanWarning as PlanWarning
     from autoquant.pruning.apply import prune as prune
     from autoquant.pruning.apply import prune_info as prune_info
+    from autoquant.pruning.fine_tune import prune_and_train as prune_and_train
     from autoquant.qat import QATConfig as QATConfig
     from autoquant.qat import convert as convert
     from autoquant.qat import prepare_qat as prepare_qat

@@ -7,7 +7,8 @@ weights, ``channel`` removes output channels from the layer *and its consumers*,
 from the torch.fx graph (:mod:`~autoquant.pruning.structural`), so dense kernels get
 smaller. :func:`autoquant.quantize` prunes first, then calibrates and quantizes the
 pruned model. Layers whose channels cannot be removed safely are left whole and listed
-in the :class:`PruneReport`.
+in the :class:`PruneReport`. :func:`prune_and_train` prunes and fine-tunes with a
+``train_fn``, one shot or along a gradual :class:`PruneSchedule`.
 
 Names are imported on first use so ``autoquant.config`` can read :class:`PruneSpec`
 without torch.
@@ -31,6 +32,11 @@ _LAZY = {
     "sparsity": "autoquant.pruning.apply",
     "pruning_summary": "autoquant.pruning.apply",
     "channel_groups": "autoquant.pruning.structural",
+    "PruneSchedule": "autoquant.pruning.schedule",
+    "SCHEDULES": "autoquant.pruning.schedule",
+    "stage_ratios": "autoquant.pruning.schedule",
+    "split_budget": "autoquant.pruning.schedule",
+    "prune_and_train": "autoquant.pruning.fine_tune",
 }
 
 __all__ = sorted(_LAZY)
@@ -57,6 +63,11 @@ if TYPE_CHECKING:
     from autoquant.pruning.apply import resize_to as resize_to
     from autoquant.pruning.apply import sparsity as sparsity
     from autoquant.pruning.apply import split_plan as split_plan
+    from autoquant.pruning.fine_tune import prune_and_train as prune_and_train
+    from autoquant.pruning.schedule import SCHEDULES as SCHEDULES
+    from autoquant.pruning.schedule import PruneSchedule as PruneSchedule
+    from autoquant.pruning.schedule import split_budget as split_budget
+    from autoquant.pruning.schedule import stage_ratios as stage_ratios
     from autoquant.pruning.spec import CRITERIA as CRITERIA
     from autoquant.pruning.spec import PATTERNS as PATTERNS
     from autoquant.pruning.spec import SCOPES as SCOPES

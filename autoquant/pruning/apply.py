@@ -95,8 +95,12 @@ def split_plan(plan: Plan) -> tuple[dict[str, PruneSpec], Plan]:
 
 
 def prune_key(specs: Mapping[str, PruneSpec]) -> str:
-    """A stable key of the pruning part (what calibration statistics depend on)."""
-    return ";".join(f"{f}={s.short()}" for f, s in sorted(specs.items()))
+    """A stable key of the pruning part and its fine-tuning (what the pruned model and its
+    calibration statistics depend on)."""
+    return ";".join(
+        f"{f}={s.short()}" + (f"@{s.fine_tune}" if s.fine_tune else "")
+        for f, s in sorted(specs.items())
+    )
 
 
 def _n_params(model: nn.Module) -> int:

@@ -56,14 +56,29 @@ class PruneSpec:
             follows from N and M) or give exactly (M-N)/M.
         criterion: ``magnitude`` or ``gradient`` (see :data:`CRITERIA`).
         scope: ``op`` or ``global`` (see :data:`SCOPES`).
+        fine_tune: how the pruned model was fine-tuned, set by the tuner (a
+            :class:`~autoquant.qat.train.TrainBudget` label and the schedule, e.g.
+            ``"epochs=1 lr_x1 gradual/4"``); None: not fine-tuned. :func:`prune` does not
+            read it: it is part of the plan (and its hash) so that plans pruned alike but
+            fine-tuned differently are different plans.
     """
 
     pattern: str = "unstructured"
     ratio: float | None = None
     criterion: str = "magnitude"
     scope: str = "op"
+    fine_tune: str | None = None
 
     def __post_init__(self) -> None:
+        if self.fine_tune is not None and (
+            not isinstance(self.fine_tune, str) or not self.fine_tune.strip()
+        ):
+            raise _fail(
+                "fine_tune",
+                self.fine_tune,
+                "None or a non-empty label",
+                "It is set by the tuner (a TrainBudget label and the schedule).",
+            )
         nm = parse_nm(self.pattern)
         if nm is None and self.pattern not in ("unstructured", "channel"):
             raise _fail(
@@ -132,7 +147,10 @@ class PruneSpec:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["fine_tune"] is None:
+            del out["fine_tune"]  # plans without fine-tuning keep their hashes and files
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | PruneSpec) -> PruneSpec:

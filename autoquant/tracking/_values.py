@@ -135,6 +135,10 @@ def trial_params(record: TrialRecord) -> dict[str, Any]:
     if "qat_budget" in record.params:  # a QAT trial: its fine-tuning budget
         params["approach"] = "qat"
         params["qat_budget"] = record.params["qat_budget"]
+    tuned = {c.prune.fine_tune for c in plan.values() if c is not None and c.prune is not None}
+    tuned.discard(None)
+    if tuned:  # a pruned plan fine-tuned with train_fn: its budget and schedule
+        params["prune_fine_tune"] = ",".join(sorted(tuned))  # type: ignore[arg-type]
     for op_type, labels in by_type.items():
         # most_common keeps first-seen order on ties: the earliest op's choice wins.
         params[f"op_type.{op_type}"] = Counter(labels).most_common(1)[0][0]

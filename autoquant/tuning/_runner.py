@@ -134,30 +134,6 @@ def _free(dropped: weakref.ref[nn.Module] | None) -> None:
         gc.collect()
 
 
-def _fine_tune(model: nn.Module, train_fn: Callable[..., Any]) -> None:
-    """``train_fn(model)`` (or ``train_fn(model, budget)`` with the default
-    :class:`~autoquant.qat.train.TrainBudget`) on a pruned model, keeping its pruned
-    weights at zero.
-
-    Removed channels are gone from the layers; zeroed weights (unstructured, N:M) are
-    masked again after training so the pattern holds exactly.
-    """
-    zeros = {
-        name: p == 0
-        for name, p in model.named_parameters()
-        if p.dim() >= 2 and bool((p == 0).any())
-    }
-    model.train()
-    from autoquant.qat.train import TrainBudget, call_train_fn
-
-    with torch.inference_mode(False), torch.enable_grad():
-        call_train_fn(train_fn, model, TrainBudget())
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in zeros:
-                p.masked_fill_(zeros[name], 0.0)
-
-
 def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
 
@@ -188,8 +164,30 @@ class Runner:
         self.deadline = None if config.timeout is None else self.start + config.timeout
         self.ops = discover(model)
         self.space = SearchSpace.build(
-            model, self.ops, self.backend, config, calibrated=calib_data is not None
+            model,
+            self.ops,
+            self.backend,
+            config,
+            calibrated=calib_data is not None,
+            fine_tune=train_fn is not None,
         )
+        if config.prune_patterns and train_fn is None:
+            budgets = config.space.prune_budgets()
+            if config.prune_schedule == "gradual":
+                raise ConfigError(
+                    "TuningConfig.prune_schedule='gradual' fine-tunes pruned models between "
+                    "pruning stages, but tune() got no train_fn. Pass train_fn=, or use "
+                    "prune_schedule='oneshot'."
+                )
+            if len(budgets) > 1:
+                raise ConfigError(
+                    f"TuningConfig.prune_epochs={config.prune_epochs} x prune_lr_scales="
+                    f"{config.prune_lr_scales} give {len(budgets)} fine-tuning budgets to "
+                    "search, but tune() got no train_fn to spend them. Pass train_fn=, or "
+                    "give one epoch count and one lr scale."
+                )
+        # Fine-tuning time of the pruned model the last build used (record.timings).
+        self.last_train_s: float | None = None
         self.example = (
             example_inputs
             if example_inputs is not None
@@ -338,8 +336,10 @@ class Runner:
         specs, quant_plan = split_plan(plan)
         model, stats, reuse = self.model, self.stats, self.reuse
         report = None
+        self.last_train_s = None
         if specs:
             model, stats, reuse = self._pruned_model(specs)
+            self.last_train_s = getattr(model, "autoquant_train_s", None)
             report = model.autoquant_pruning
         with warnings.catch_warnings():
             # Each trial would repeat the same build warnings; the first build showed them.
@@ -358,11 +358,29 @@ class Runner:
         key = prune_key(specs)
         if key in self._pruned:
             return self._pruned[key]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pruned, report = prune(self.model, specs)
-        if self.train_fn is not None:
-            _fine_tune(pruned, self.train_fn)
+        if self.train_fn is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pruned, report = prune(self.model, specs)
+        else:
+            from autoquant.pruning.fine_tune import prune_and_train
+            from autoquant.qat.train import TrainBudget
+
+            # The space wrote the budget into every spec of the plan (one fine-tuning run).
+            label = next(
+                (s.fine_tune for s in specs.values() if s.fine_tune), TrainBudget().label()
+            )
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pruned, report = prune_and_train(
+                    self.model,
+                    specs,
+                    self.train_fn,
+                    schedule=self.config.space.schedule(),
+                    budget=TrainBudget.parse(label),
+                )
+            pruned.autoquant_train_s = time.perf_counter() - t0
         pruned.eval()
         stats = None
         if self.stats is not None:
@@ -460,6 +478,7 @@ class Runner:
         try:
             candidate = self.build(plan)
             t1 = time.perf_counter()
+            train_s = self.last_train_s
             reporter = (
                 Reporter(
                     trial,
@@ -480,6 +499,10 @@ class Runner:
             record.metrics = self._measure(candidate, accuracy, baseline.accuracy, plan)
             t3 = time.perf_counter()
             record.timings = {"build_s": t1 - t0, "eval_s": t2 - t1, "measure_s": t3 - t2}
+            if train_s is not None:
+                # The pruned model's fine-tuning (once per pruning part and budget; a later
+                # trial built from the cached model reports the same time).
+                record.timings["train_s"] = train_s
             self.scored += 1
             record.passed = objective.passes(self.config, baseline.accuracy, accuracy)
             record.state = "pass" if record.passed else "fail"

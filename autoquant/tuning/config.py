@@ -82,6 +82,11 @@ FLAT: dict[str, tuple[str, str]] = {
     "include_simulated": ("space", "include_simulated"),
     "prune_patterns": ("space", "prune_patterns"),
     "prune_ratios": ("space", "prune_ratios"),
+    "prune_schedule": ("space", "prune_schedule"),
+    "prune_stages": ("space", "prune_stages"),
+    "prune_ramp": ("space", "prune_ramp"),
+    "prune_epochs": ("space", "prune_epochs"),
+    "prune_lr_scales": ("space", "prune_lr_scales"),
     "calib_samples": ("budget", "calib_samples"),
     "latency_threads": ("latency", "threads"),
     "latency_repeats": ("latency", "repeats"),
@@ -183,6 +188,18 @@ class SpaceConfig:
     prune_patterns: pruning patterns searched per op (``channel``, ``unstructured``,
         ``"N:M"`` such as ``"2:4"``); empty (the default): no pruning dimension.
     prune_ratios: ratios searched for ``channel`` and ``unstructured`` (each in (0, 1)).
+    prune_schedule: how a pruned model is fine-tuned with ``tune(train_fn=)``:
+        ``oneshot`` (pruned to its ratios, then trained once) or ``gradual`` (the ratios
+        rise over ``prune_stages`` stages along the cubic schedule, training between,
+        channels removed at every stage; see :mod:`autoquant.pruning.schedule`).
+        ``gradual`` needs a ``train_fn``.
+    prune_stages: stages of the gradual schedule (an int >= 2).
+    prune_ramp: share of the fine-tuning budget over which a gradual schedule raises the
+        ratio, in (0, 1]; the rest fine-tunes at the full ratio.
+    prune_epochs, prune_lr_scales: the fine-tuning budgets of a pruned model (their
+        product, each a :class:`~autoquant.qat.train.TrainBudget`; the first pair is the
+        default). With more than one, the budget is a search dimension
+        (``prune_budget``) of every plan that prunes; it needs a ``train_fn``.
     """
 
     search: tuple[str, ...] = ("approach", "scheme", "observer")
@@ -192,9 +209,47 @@ class SpaceConfig:
     include_simulated: bool = False
     prune_patterns: tuple[str, ...] = ()
     prune_ratios: tuple[float, ...] = (0.25, 0.5)
+    prune_schedule: str = "oneshot"
+    prune_stages: int = 4
+    prune_ramp: float = 0.5
+    prune_epochs: tuple[float, ...] = (1.0,)
+    prune_lr_scales: tuple[float, ...] = (1.0,)
 
     def __post_init__(self) -> None:
+        from autoquant.pruning.schedule import SCHEDULES
         from autoquant.pruning.spec import parse_nm
+
+        if self.prune_schedule not in SCHEDULES:
+            raise _fail(
+                "space",
+                "prune_schedule",
+                self.prune_schedule,
+                f"one of {list(SCHEDULES)} (gradual: the ratio rises over prune_stages stages)",
+            )
+        if not _is_int(self.prune_stages, 2):
+            raise _fail(
+                "space",
+                "prune_stages",
+                self.prune_stages,
+                "an int >= 2 (for one stage use prune_schedule='oneshot')",
+            )
+        if not _is_number(self.prune_ramp) or not 0.0 < self.prune_ramp <= 1.0:
+            raise _fail(
+                "space",
+                "prune_ramp",
+                self.prune_ramp,
+                "a number in (0, 1] (the share of the budget over which the ratio rises)",
+            )
+        for field in ("prune_epochs", "prune_lr_scales"):
+            value = getattr(self, field)
+            if isinstance(value, str) or not isinstance(value, (tuple, list)):
+                raise _fail("space", field, value, "a non-empty tuple of numbers > 0")
+            value = tuple(value)
+            if not value or not all(_is_number(v) and math.isfinite(v) and v > 0 for v in value):
+                raise _fail("space", field, value, "a non-empty tuple of numbers > 0")
+            if len(set(value)) != len(value):
+                raise _fail("space", field, value, "a tuple of distinct numbers > 0")
+            object.__setattr__(self, field, tuple(float(v) for v in value))
 
         for field in ("prune_patterns", "prune_ratios"):
             value = getattr(self, field)
@@ -258,6 +313,24 @@ class SpaceConfig:
             raise _fail("space", "tie", self.tie, f"one of {list(_TIES)}")
         if not isinstance(self.include_simulated, bool):
             raise _fail("space", "include_simulated", self.include_simulated, "a bool")
+
+    def prune_budgets(self) -> list[Any]:
+        """The fine-tuning budgets of pruned models, default first."""
+        from autoquant.qat.train import TrainBudget
+
+        return [
+            TrainBudget(epochs=e, lr_scale=lr)
+            for e in self.prune_epochs
+            for lr in self.prune_lr_scales
+        ]
+
+    def schedule(self) -> Any:
+        """The :class:`~autoquant.pruning.schedule.PruneSchedule` of pruned models."""
+        from autoquant.pruning.schedule import PruneSchedule
+
+        return PruneSchedule(
+            kind=self.prune_schedule, stages=self.prune_stages, ramp=float(self.prune_ramp)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -469,7 +542,9 @@ class TuningConfig:
     has one. Flat names, by section:
 
     goal: criterion, tolerable_loss, higher_is_better, objective, metric_bounds.
-    space: search, approaches, observers, tie, include_simulated.
+    space: search, approaches, observers, tie, include_simulated, prune_patterns,
+        prune_ratios, prune_schedule, prune_stages, prune_ramp, prune_epochs,
+        prune_lr_scales.
     budget: strategy, max_trials, timeout, stop_on_first_pass, max_failure_rate,
         calib_samples, seed.
     latency: latency_threads, latency_repeats, latency_warmup, min_latency_gain,

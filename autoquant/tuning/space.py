@@ -31,12 +31,15 @@ if TYPE_CHECKING:
     from autoquant.plan import Plan
     from autoquant.tuning.config import TuningConfig
 
-__all__ = ["FP32", "NO_PRUNE", "PRUNE_PREFIX", "SearchSpace"]
+__all__ = ["FP32", "NO_PRUNE", "PRUNE_PREFIX", "BUDGET_PARAM", "SearchSpace"]
 
 FP32 = "fp32"
 #: The label of "not pruned" in a pruning unit, and the prefix of those units' names.
 NO_PRUNE = "none"
 PRUNE_PREFIX = "prune:"
+#: The search parameter of the fine-tuning budget of pruned plans (TrainBudget labels;
+#: only with a train_fn and more than one of TuningConfig.prune_epochs x prune_lr_scales).
+BUDGET_PARAM = "prune_budget"
 
 
 def _fit(spec: QuantSpec, support: SpecSupport) -> QuantSpec | None:
@@ -242,8 +245,15 @@ class SearchSpace:
         units: list[Unit],
         tie: str,
         prune_units: list[PruneUnit] | None = None,
+        budgets: tuple[str, ...] = (),
+        schedule: str = "oneshot",
     ) -> None:
         self.ops = ops
+        # Fine-tuning of pruned plans: TrainBudget labels (default first; empty: pruned
+        # models are not fine-tuned) and the schedule label, both written into every
+        # PruneSpec of a plan (its ``fine_tune``), so they are part of the plan's hash.
+        self.budgets = tuple(budgets) if prune_units else ()
+        self.schedule = schedule
         self.units = {u.name: u for u in units}
         self.prune_units = {u.name: u for u in prune_units or []}
         self.tie = tie
@@ -259,7 +269,10 @@ class SearchSpace:
         config: TuningConfig,
         *,
         calibrated: bool,
+        fine_tune: bool = False,
     ) -> SearchSpace:
+        """``fine_tune``: pruned models are fine-tuned (``tune`` got a ``train_fn``), so
+        their budgets (``prune_epochs`` x ``prune_lr_scales``) are part of the plans."""
         per_op: dict[str, list[OpConfig]] = {}
         for op in ops:
             per_op[op.fqn] = _candidates(
@@ -298,7 +311,15 @@ class SearchSpace:
                 f"search={config.search}, approaches={config.approaches} (static needs "
                 "calibration data). Widen the search or check autoquant.capability_table()."
             )
-        return cls(ops, units, config.tie, _prune_units(model, ops, config))
+        budgets = tuple(b.label() for b in config.space.prune_budgets()) if fine_tune else ()
+        return cls(
+            ops,
+            units,
+            config.tie,
+            _prune_units(model, ops, config),
+            budgets,
+            config.space.schedule().label(),
+        )
 
     # -- views -------------------------------------------------------------------------
     @property
@@ -310,9 +331,16 @@ class SearchSpace:
 
     @property
     def log10_size(self) -> float:
-        return sum(math.log10(len(u.labels)) for u in self.units.values()) + sum(
-            math.log10(len(u.labels)) for u in self.prune_units.values()
+        return (
+            sum(math.log10(len(u.labels)) for u in self.units.values())
+            + sum(math.log10(len(u.labels)) for u in self.prune_units.values())
+            + math.log10(max(1, len(self.budgets)))
         )
+
+    @property
+    def budget_searched(self) -> bool:
+        """Whether the fine-tuning budget is a search dimension (:data:`BUDGET_PARAM`)."""
+        return len(self.budgets) > 1
 
     @property
     def needs_calibration(self) -> bool:
@@ -329,6 +357,8 @@ class SearchSpace:
         out.update(
             (name, CategoricalDistribution(list(u.labels))) for name, u in self.prune_units.items()
         )
+        if self.budget_searched:
+            out[BUDGET_PARAM] = CategoricalDistribution(list(self.budgets))
         return out
 
     def default_params(self) -> dict[str, str]:
@@ -336,6 +366,8 @@ class SearchSpace:
         strategies."""
         out = {name: u.default for name, u in self.units.items()}
         out.update((name, u.default) for name, u in self.prune_units.items())
+        if self.budget_searched:
+            out[BUDGET_PARAM] = self.budgets[0]
         return out
 
     def with_fp32(self, params: Mapping[str, str], units: list[str] | set[str]) -> dict[str, str]:
@@ -363,6 +395,15 @@ class SearchSpace:
                 ) from None
             for fqn in unit.fqns:
                 configs[fqn] = cfg
+        fine_tune = None
+        if self.budgets:
+            budget = params.get(BUDGET_PARAM, self.budgets[0])
+            if budget not in self.budgets:
+                raise ConfigError(
+                    f"{BUDGET_PARAM!r} has no choice {budget!r}; its choices are "
+                    f"{list(self.budgets)}."
+                )
+            fine_tune = f"{budget} {self.schedule}"
         for name, punit in self.prune_units.items():
             label = params.get(name, punit.default)
             try:
@@ -372,6 +413,8 @@ class SearchSpace:
                     f"unit {name!r} has no choice {label!r}; its choices are {list(punit.labels)}."
                 ) from None
             if spec is not None:
+                if fine_tune is not None:
+                    spec = spec.replace(fine_tune=fine_tune)
                 cfg = configs[punit.fqn]
                 configs[punit.fqn] = (
                     OpConfig(approach="float", prune=spec)
@@ -391,4 +434,8 @@ class SearchSpace:
             )
         for name, pu in self.prune_units.items():
             lines.append(f"  {name:<28} {'prune':<10} {list(pu.labels)}")
+        if self.budgets:
+            lines.append(
+                f"  {BUDGET_PARAM:<28} {'fine-tune':<10} {list(self.budgets)} ({self.schedule})"
+            )
         return "\n".join(lines)

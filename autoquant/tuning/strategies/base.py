@@ -124,8 +124,14 @@ class Strategy(ABC):
         Ops are taken least sensitive first (their output error at their largest ratio,
         from :meth:`StrategyContext.prune_sensitivity`); for each, its choices are tried
         from the largest ratio down, and the first that passes and is better (faster by
-        the objective's margin) is kept. Returns the best parameters and record.
+        the objective's margin) is kept. When the fine-tuning budget is searched
+        (``prune_budget``), a choice that fails is tried again with the other budgets in
+        their configured order (default first), and the first that passes is its budget:
+        fine-tuning is spent only where the pruning needs it. Returns the best
+        parameters and record.
         """
+        from autoquant.tuning.space import BUDGET_PARAM
+
         units = self.space.prune_units
         best_params, best = dict(params), record
         if not units or not best.passed:
@@ -148,6 +154,15 @@ class Strategy(ABC):
                 candidate = dict(best_params)
                 candidate[unit] = label
                 rec = yield candidate
+                for budget in self.space.budgets if self.space.budget_searched else ():
+                    if rec.passed:
+                        break
+                    if budget == candidate[BUDGET_PARAM]:
+                        continue
+                    retry = {**candidate, BUDGET_PARAM: budget}
+                    rec2 = yield retry
+                    if rec2.passed:
+                        candidate, rec = retry, rec2
                 if rec.passed and self.better(rec, best):
                     best_params, best = candidate, rec
                     break

@@ -19,16 +19,17 @@ RUN_CONFIG = {
 
 
 def tracked_config(**changes):
-    """Static only, one choice per op type, random sampler: a 1% goal is missed by the
-    minmax-observer plans (loss 0.123) and met by the percentile ones (0.092); the seed
-    gives pass, fail, cached and skipped (all-float) trials in 7 trials."""
+    """Static only, one choice per op type, random sampler: a 15% goal is missed by the
+    minmax-observer plans (loss 0.19 on the plain-tensor oneDNN kernels; 0.123 on the
+    fbgemm ones before) and met by the percentile ones (0.129; 0.092 before); the seed
+    gives pass, fail, cached and skipped (all-float) trials."""
     base = dict(
         strategy="random",
         tie="op_type",
         seed=0,
         approaches=("static",),
         max_trials=4,
-        tolerable_loss=0.1,
+        tolerable_loss=0.15,
     )
     base.update(changes)
     return fast_config(**base)

@@ -63,14 +63,13 @@ def test_best_model_registered_with_alias_and_loads(tracked, monkeypatch):
         assert torch.equal(model(x), expected)
 
 
-def test_picklable_model_uses_pytorch_flavor_and_missed_goal_moves_no_alias(
-    tracked, task, monkeypatch
-):
-    """Dynamic int8 builds eager modules, which mlflow.pytorch pickles; a 1% goal is not
-    met by them: the version is registered but the alias 'best' is not set. A trial whose
-    evaluation raises is a FAILED nested run. A failure after tune() (close("FAILED"))
-    marks the finished parent run FAILED."""
-    import mlflow.pytorch
+def test_eager_model_logs_without_pickle_and_missed_goal_moves_no_alias(tracked, task, monkeypatch):
+    """Dynamic int8 builds eager modules whose packed oneDNN weights do not pickle, so
+    the model is logged in autoquant's format (no pickle) and loads back as a pyfunc; a
+    1% goal is not met by them: the version is registered but the alias 'best' is not
+    set. A trial whose evaluation raises is a FAILED nested run. A failure after tune()
+    (close("FAILED")) marks the finished parent run FAILED."""
+    import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
     uri = tracked.uri  # another experiment in the same store
@@ -78,6 +77,7 @@ def test_picklable_model_uses_pytorch_flavor_and_missed_goal_moves_no_alias(
         TrackingConfig(uri=uri, experiment="dyn", registered_model="dyn-model", plots=False),
         study_name="ignored-for-names",
         run_config={},
+        model_factory=FACTORY,
     )
     calls = []
 
@@ -106,15 +106,17 @@ def test_picklable_model_uses_pytorch_flavor_and_missed_goal_moves_no_alias(
     assert crashed.info.status == "FAILED" and crashed.data.tags["state"] == "error"
     assert "evaluation crashed" in crashed.data.tags["error"]
     assert set(crashed.data.metrics) == {"trial_time_s"}  # no scores, only its wall time
-    assert tracker.model_flavor == "pytorch"
+    assert tracker.model_flavor == "autoquant"
     version = client.get_model_version("dyn-model", tracker.model_version)
     assert version.tags["goal_met"] == "false"
     with pytest.raises(MlflowException):
         client.get_model_version_by_alias("dyn-model", "best")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("AUTOQUANT_TRUST_FACTORY", "tuning._helpers")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = mlflow.pytorch.load_model(f"models:/dyn-model/{version.version}")
+        loaded = mlflow.pyfunc.load_model(f"models:/dyn-model/{version.version}")
     x = task.x_test
     with torch.inference_mode():
-        assert torch.equal(model(x), result.best_model(x))
+        expected = result.best_model(x)
+    assert torch.equal(torch.as_tensor(loaded.predict(x.numpy())), expected)

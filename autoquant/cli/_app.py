@@ -296,6 +296,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             tracker.log_artifacts(str(model_dir), "autoquant_model")
         status = "FINISHED"
     finally:
+        progress.close()  # idempotent; also on errors, so the trial log is back on
         tracker.close(status)
     _print_report(result, summary, run_dir, tracking)
     return summary

@@ -28,6 +28,12 @@ class Progress(TuningCallback):
         self._bar: Any = None
         self._start = time.monotonic()
         self._baseline: Any = None
+        # This display reports every trial (bar or log line): the tuner's own per-trial
+        # log lines would print each trial twice, so they are off until close().
+        self._trial_log = logging.getLogger("autoquant.tuning.trials")
+        self._trial_log_was = self._trial_log.disabled
+        if mode != "off":
+            self._trial_log.disabled = True
 
     def on_start(self, *, space: Any, baseline: Any, config: Any, study: Any, **_: Any) -> None:
         self._baseline = baseline
@@ -81,6 +87,7 @@ class Progress(TuningCallback):
         )
 
     def close(self) -> None:
+        self._trial_log.disabled = self._trial_log_was
         if self._bar is not None:
             self._bar.close()
             self._bar = None

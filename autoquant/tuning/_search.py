@@ -34,6 +34,9 @@ from autoquant.tuning.strategies import SAMPLE, get_strategy
 __all__ = ["tune"]
 
 log = logging.getLogger("autoquant.tuning")
+# One line per finished trial, on its own logger so a display that reports trials itself
+# (the command line's progress) can silence these without hiding the rest.
+trial_log = logging.getLogger("autoquant.tuning.trials")
 
 
 def tune(
@@ -248,7 +251,7 @@ def _log_trial(record: TrialRecord, evaluations: int, config: TuningConfig) -> N
     if m is not None:
         detail = f"accuracy {m.accuracy:.6g} loss {m.loss:+.4f} latency {m.latency_ms:.3f} ms"
     fp32 = sum(c is None for c in record.plan.values())
-    log.info(
+    trial_log.info(
         "trial %d (%d/%d evaluated) %s: %s, %d ops fp32",
         record.number,
         evaluations,

@@ -8,9 +8,9 @@ torch is imported on first use, so ``import autoquant`` (and the command line's
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from autoquant._lazy import lazy_attributes
 from autoquant.config import OpConfig, QuantSpec, dynamic_int8, static_int8, weight_only
 from autoquant.config import prune_only as prune_only
 
@@ -99,17 +99,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'autoquant' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
 
 
 if TYPE_CHECKING:

@@ -94,7 +94,20 @@ def _lazy_table(tree: ast.Module) -> dict[str, str]:
 
 
 def _has_getattr(tree: ast.Module) -> bool:
-    return any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
+    # def __getattr__(...) or __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)
+    for n in tree.body:
+        if isinstance(n, ast.FunctionDef) and n.name == "__getattr__":
+            return True
+        if isinstance(n, ast.Assign):
+            names = [
+                e.id
+                for t in n.targets
+                for e in (t.elts if isinstance(t, ast.Tuple) else [t])
+                if isinstance(e, ast.Name)
+            ]
+            if "__getattr__" in names:
+                return True
+    return False
 
 
 def _absolute(module: str, is_pkg: bool, node: ast.ImportFrom) -> str:

@@ -67,7 +67,8 @@ class LatencyStats:
         return not self.simulated_ops
 
 
-def _batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+def batch_size_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int | None:
+    """Dim 0 of the first input tensor (None without one, or for a 0-d tensor)."""
     for v in (*args, *kwargs.values()):
         if isinstance(v, torch.Tensor):
             # A 0-d tensor has no batch dimension.
@@ -143,7 +144,7 @@ def measure_latency(
         min_ms=float(ms.min()),
         runs=len(times),
         threads=used_threads,
-        batch_size=_batch_size(args, kwargs),
+        batch_size=batch_size_of(args, kwargs),
         simulated_ops=tuple(getattr(getattr(model, "autoquant_info", None), "simulated", ())),
     )
 

@@ -359,7 +359,7 @@ class CudaBackend(Backend):
         """CUDA events after warm-up and a synchronize, inputs moved to the GPU first
         (:func:`device_latency`); ``threads`` does not apply to the GPU."""
         from autoquant.inputs import as_inputs
-        from autoquant.measure import LatencyStats
+        from autoquant.measure import LatencyStats, batch_size_of
 
         times = device_latency(
             model,
@@ -370,7 +370,6 @@ class CudaBackend(Backend):
             float_dtype=_dtype_name(self.float_dtype),
         )
         args, kwargs = as_inputs(example_inputs)
-        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
         info = getattr(model, "autoquant_info", None)
         return LatencyStats(
             median_ms=times["median_ms"],
@@ -379,7 +378,7 @@ class CudaBackend(Backend):
             min_ms=times["min_ms"],
             runs=int(times["repeats"]),
             threads=torch.get_num_threads(),
-            batch_size=None if first is None or first.dim() == 0 else int(first.shape[0]),
+            batch_size=batch_size_of(args, kwargs),
             simulated_ops=tuple(getattr(info, "simulated", ()) or ()),
         )
 
